@@ -1,0 +1,108 @@
+"""Typed configs, one model per stage, loaded from YAML presets plus ``key=value`` overrides.
+
+Unknown fields are errors (a typo must never be silently ignored), and every validation
+error names the dotted path of the offending field.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(_Strict):
+    """Where to run. ``address=None`` starts (or joins) a local Ray instance."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a locally started Ray")
+    object_store_memory_mb: int | None = Field(default=None, ge=64)
+
+
+class DataConfig(_Strict):
+    """Reading, validating and writing organism image records."""
+
+    image_size: int = Field(default=224, ge=8, description="side of decoded/resized images")
+    max_image_pixels: int = Field(
+        default=89_478_485, ge=1, description="larger images are rejected as decompression bombs"
+    )
+    samples_per_shard: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="rows per Ray Data batch")
+    num_cpus_per_task: float = Field(default=1.0, gt=0, description="fractional on small machines")
+    check_duplicates: bool = Field(
+        default=True, description="mark records whose uid occurs more than once as error rows"
+    )
+
+
+class Config(_Strict):
+    """The whole pipeline's configuration; each stage reads its own section."""
+
+    ray: RayConfig = RayConfig()
+    data: DataConfig = DataConfig()
+
+
+PRESETS = ("local", "cluster")
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("biocap_ray") / "configs" / f"{name}.yaml"))
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {field}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(source: str | Path | None = "local", overrides: list[str] | None = None) -> Config:
+    """Load a preset name (``local``, ``cluster``) or a YAML path, then apply ``a.b=value`` overrides."""
+    origin = "defaults"
+    tree: dict[str, Any] = {}
+    if source is not None:
+        path = Path(source)
+        if not path.exists() and str(source) in PRESETS:
+            path = preset_path(str(source))
+        if not path.exists():
+            raise ConfigError(f"config {source!r}: no such file or preset (presets: {', '.join(PRESETS)})")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path}: not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path}: top level must be a mapping of sections")
+        origin = str(path)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else None)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None

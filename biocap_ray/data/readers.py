@@ -1,0 +1,285 @@
+"""Readers: any supported dataset, local or s3://, as a streaming Ray Dataset of records.
+
+Formats
+- ``webdataset``: TreeOfLife-10M-style tar shards (``jpg``/``png``/``webp`` + text-type ``.txt`` keys,
+  optional ``json`` metadata and ``caption.txt``);
+- ``folder``: a metadata CSV or Parquet (a ``file`` column of image paths relative to it, plus ranks);
+- ``parquet``: Parquet files in the record schema (``uid`` + ``image`` bytes, other columns optional).
+
+Every reader yields :data:`~biocap_ray.data.schema.RECORD_SCHEMA` rows; problems with a single
+record (missing image, unreadable metadata, unknown shard key) become error rows, problems
+with the dataset as a whole (missing columns, nothing found) raise a clear error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from biocap_ray import storage
+from biocap_ray.config import DataConfig
+from biocap_ray.data import schema
+from biocap_ray.data.taxonomy import RANKS, TEXT_TYPES, Taxon, parse_common_name, parse_taxon_tag
+
+FORMATS = ("webdataset", "folder", "parquet")
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+_TEXT_KEYS = tuple(f"{t}.txt" for t in TEXT_TYPES)
+KNOWN_SHARD_KEYS = frozenset(
+    {"__key__", "__url__", "json", "caption.txt", "txt", "cls", *IMAGE_KEYS, *_TEXT_KEYS}
+)
+METADATA_NAMES = ("metadata.csv", "metadata.parquet", "metadata.tsv")
+
+
+def detect_format(uri: str) -> str:
+    """Guess the format from the URI: a ``.tar``/``.parquet``/``.csv`` file, or what a folder holds."""
+    lower = uri.lower().rstrip("/")
+    if lower.endswith(".tar"):
+        return "webdataset"
+    if lower.endswith((".csv", ".tsv")) or lower.endswith(METADATA_NAMES):
+        return "folder"
+    if lower.endswith(".parquet"):
+        return "parquet"
+    names = storage.list_files(uri, (".tar", ".parquet", ".csv", ".tsv"))
+    if any(n.endswith(".tar") for n in names):
+        return "webdataset"
+    if any(posixpath.basename(n) in METADATA_NAMES for n in names):
+        return "folder"
+    if any(n.endswith(".parquet") for n in names):
+        return "parquet"
+    raise ValueError(
+        f"{storage.redact(uri)}: cannot tell the dataset format (no .tar shards, metadata.csv or .parquet files)"
+    )
+
+
+def read_records(uri: str, cfg: DataConfig, fmt: str | None = None):
+    """Open ``uri`` as a streaming Ray Dataset in the record schema."""
+    fmt = fmt or detect_format(uri)
+    if fmt == "webdataset":
+        return _read_webdataset(uri, cfg)
+    if fmt == "folder":
+        return _read_folder(uri, cfg)
+    if fmt == "parquet":
+        return _read_parquet(uri, cfg)
+    raise ValueError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def _task_kwargs(cfg: DataConfig) -> dict:
+    return {"batch_size": cfg.batch_size, "num_cpus": cfg.num_cpus_per_task, "batch_format": "pyarrow"}
+
+
+# --- WebDataset shards -------------------------------------------------------------------------
+
+
+def _read_webdataset(uri: str, cfg: DataConfig):
+    import ray
+
+    fs, _ = storage.resolve(uri)
+    paths = storage.list_files(uri, (".tar",))
+    if not paths:
+        raise FileNotFoundError(f"{storage.redact(uri)}: no .tar shards found")
+    ds = ray.data.read_webdataset(
+        paths, filesystem=fs, decoder=None, include_paths=True, num_cpus=cfg.num_cpus_per_task
+    )
+    return ds.map_batches(_shard_batch_to_records, **_task_kwargs(cfg))
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace").strip() or None
+    return str(value).strip() or None
+
+
+def shard_sample_to_record(sample: dict) -> dict:
+    """One WebDataset sample (key → bytes) as a record; unknown keys make it an error row."""
+    key = _text(sample.get("__key__")) or ""
+    shard = _text(sample.get("path") or sample.get("__url__")) or "?"
+    origin = f"{shard}#{key}"
+    present = {k for k, v in sample.items() if v is not None and k not in ("path",)}
+    unknown = sorted(present - KNOWN_SHARD_KEYS)
+    image = next((sample[k] for k in IMAGE_KEYS if sample.get(k) is not None), None)
+    meta: dict = {}
+    error = None
+    if sample.get("json") is not None:
+        try:
+            meta = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError) as exc:
+            error = f"field 'json': not valid JSON ({exc})"
+    if unknown:
+        error = f"unknown key(s) {', '.join(repr(u) for u in unknown)} (known: image, *.txt text types, json)"
+    elif image is None:
+        error = "no image (expected one of the keys: " + ", ".join(IMAGE_KEYS) + ")"
+    if meta:
+        taxon = Taxon.from_mapping(meta)
+    else:
+        ranks: dict = {}
+        tag = _text(sample.get("taxonTag.txt")) or _text(sample.get("taxonTag_com.txt"))
+        if tag:
+            ranks = parse_taxon_tag(tag)
+        sci = _text(sample.get("sci.txt"))
+        com = _text(sample.get("com.txt"))
+        if not ranks and sci:
+            ranks = {"scientific_name": sci.removeprefix("a photo of ").rstrip(".")}
+        if com and sci:
+            ranks["common_name"] = parse_common_name(com, sci)
+        taxon = Taxon.from_mapping(ranks)
+    return schema.make_record(
+        key,
+        image,
+        taxon,
+        scientific_name=meta.get("scientific_name"),
+        caption=_text(sample.get("caption.txt")) or meta.get("caption"),
+        source=meta.get("source"),
+        origin=origin,
+        error=error,
+    )
+
+
+def _shard_batch_to_records(batch: pa.Table) -> pa.Table:
+    return schema.to_table([shard_sample_to_record(row) for row in batch.to_pylist()])
+
+
+# --- image folder + metadata table -------------------------------------------------------------
+
+
+def read_metadata(uri: str) -> pa.Table:
+    """The metadata table (CSV/TSV/Parquet) with every column as string, ``uid``/``origin`` added.
+
+    A missing ``file`` column, or no taxonomy columns at all, is an error naming the file.
+    Duplicate uids are kept but marked in ``error`` (every occurrence after the first).
+    """
+    fs, path = storage.resolve(uri)
+    shown = storage.redact(uri)
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    try:
+        if path.endswith(".parquet"):
+            table = pq.read_table(pa.BufferReader(data))
+            table = pa.table({n: table.column(n).cast(pa.string()) for n in table.column_names})
+        else:
+            delimiter = "\t" if path.endswith(".tsv") else ","
+            header = next(csv.reader(io.StringIO(data.split(b"\n", 1)[0].decode("utf-8-sig"))), [])
+            table = pacsv.read_csv(
+                pa.BufferReader(data),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in header}, strings_can_be_null=True
+                ),
+            )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise ValueError(f"{shown}: cannot parse metadata: {exc}") from None
+    if "file" not in table.column_names:
+        raise ValueError(f"{shown}: missing column 'file' (image path); found {', '.join(table.column_names)}")
+    if not any(c in table.column_names for c in (*RANKS, "scientific_name")):
+        raise ValueError(
+            f"{shown}: no taxonomy columns; need some of {', '.join((*RANKS, 'scientific_name'))}"
+        )
+    if "uid" not in table.column_names:
+        stems = [posixpath.splitext(posixpath.basename(f or ""))[0] for f in table.column("file").to_pylist()]
+        table = table.append_column("uid", pa.array(stems, pa.string()))
+    base = posixpath.basename(path)
+    origins = [f"{base} data row {i + 1}" for i in range(table.num_rows)]
+    table = table.append_column("origin", pa.array(origins, pa.string()))
+    return _mark_duplicates(table)
+
+
+def _mark_duplicates(table: pa.Table) -> pa.Table:
+    uids = table.column("uid").to_pylist()
+    first: dict[str, str] = {}
+    errors: list[str | None] = []
+    origins = table.column("origin").to_pylist()
+    for uid, origin in zip(uids, origins):
+        if not uid:
+            errors.append("empty uid")
+        elif uid in first:
+            errors.append(f"duplicate uid {uid!r} (first at {first[uid]})")
+        else:
+            first[uid] = origin
+            errors.append(None)
+    return table.append_column("metadata_error", pa.array(errors, pa.string()))
+
+
+def _read_folder(uri: str, cfg: DataConfig):
+    import ray
+
+    if uri.lower().rstrip("/").endswith((".csv", ".tsv", ".parquet")):
+        meta_uri = uri
+    else:
+        found = [n for n in METADATA_NAMES if storage.exists(storage.join(uri, n))]
+        if not found:
+            raise FileNotFoundError(f"{storage.redact(uri)}: no {' / '.join(METADATA_NAMES)} in this folder")
+        meta_uri = storage.join(uri, found[0])
+    table = read_metadata(meta_uri)
+    root = meta_uri.rsplit("/", 1)[0]
+    chunks = [table.slice(i, cfg.batch_size) for i in range(0, max(table.num_rows, 1), cfg.batch_size)]
+    ds = ray.data.from_arrow(chunks)
+    return ds.map_batches(_attach_folder_images, fn_kwargs={"root": root}, **_task_kwargs(cfg))
+
+
+def _attach_folder_images(batch: pa.Table, root: str) -> pa.Table:
+    """Attach image bytes to metadata rows; a missing image file becomes an error row."""
+    fs, root_path = storage.resolve(root)
+    records = []
+    for row in batch.to_pylist():
+        error = row.get("metadata_error")
+        image = None
+        rel = row.get("file")
+        if not error:
+            if not rel:
+                error = "field 'file' is empty"
+            else:
+                try:
+                    with fs.open_input_stream(posixpath.join(root_path, rel)) as f:
+                        image = f.read()
+                except OSError as exc:
+                    error = f"image file {rel!r} unreadable: {storage.redact(str(exc))}"
+        records.append(
+            schema.make_record(
+                row["uid"] or "",
+                image,
+                Taxon.from_mapping(row),
+                scientific_name=row.get("scientific_name"),
+                caption=row.get("caption"),
+                source=row.get("source"),
+                origin=row["origin"],
+                error=error,
+            )
+        )
+    return schema.to_table(records)
+
+
+# --- Parquet with image bytes ------------------------------------------------------------------
+
+
+def _read_parquet(uri: str, cfg: DataConfig):
+    import ray
+
+    fs, _ = storage.resolve(uri)
+    paths = storage.list_files(uri, (".parquet",))
+    if not paths:
+        raise FileNotFoundError(f"{storage.redact(uri)}: no .parquet files found")
+    first = pq.read_schema(paths[0], filesystem=fs)
+    missing = [c for c in ("uid", "image") if c not in first.names]
+    if missing:
+        raise ValueError(f"{paths[0]}: missing required column(s) {', '.join(missing)}; found {', '.join(first.names)}")
+    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, num_cpus=cfg.num_cpus_per_task)
+    return ds.map_batches(_parquet_batch_to_records, **_task_kwargs(cfg))
+
+
+def _parquet_batch_to_records(batch: pa.Table) -> pa.Table:
+    if "origin" not in batch.column_names or pc.all(pc.is_null(batch.column("origin"))).as_py():
+        paths = batch.column("path") if "path" in batch.column_names else pa.nulls(batch.num_rows, pa.string())
+        batch = batch.drop_columns([c for c in ("origin",) if c in batch.column_names])
+        batch = batch.append_column("origin", pc.cast(paths, pa.string()))
+    image = batch.column("image")
+    if pa.types.is_struct(image.type):  # Hugging Face datasets style {bytes, path}
+        batch = batch.set_column(batch.column_names.index("image"), "image", pc.struct_field(image, "bytes"))
+    return schema.conform(batch, origin="parquet batch")

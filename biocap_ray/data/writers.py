@@ -1,0 +1,110 @@
+"""Writers: records → WebDataset shards (TreeOfLife-10M keys) or Parquet, local or s3://.
+
+Good records go to the destination; error rows go to ``<dst>/_errors/`` as Parquet (uid,
+origin, error, no image bytes) so nothing is silently lost. Error files are named by a
+hash of their uids, so a retried task rewrites the same file instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from biocap_ray import storage
+from biocap_ray.config import DataConfig
+from biocap_ray.data import schema
+from biocap_ray.data.taxonomy import TEXT_TYPES, Taxon
+from biocap_ray.data.validate import check_batch, image_extension
+
+ERRORS_DIR = "_errors"  # leading underscore: dataset readers skip it
+ERROR_COLUMNS = ("uid", "origin", "error")
+_META_FIELDS = ("uid", "kingdom", "phylum", "class", "order", "family", "genus", "species",
+                "scientific_name", "common_name", "source")
+
+
+def shard_sample(record: dict) -> dict:
+    """A record as a WebDataset sample: image under its format's key, every text type as ``.txt``."""
+    taxon = Taxon.from_mapping(record)
+    sample: dict = {"__key__": record["uid"], image_extension(record["image"]): record["image"]}
+    for text_type, text in taxon.texts().items():
+        sample[f"{text_type}.txt"] = text
+    if record.get("caption"):
+        sample["caption.txt"] = record["caption"]
+    sample["json"] = json.dumps({k: record.get(k) for k in _META_FIELDS}, ensure_ascii=False)
+    return sample
+
+
+_SHARD_SCHEMA = pa.schema(
+    [("__key__", pa.string()), ("jpg", pa.binary()), ("png", pa.binary()), ("webp", pa.binary())]
+    + [(f"{t}.txt", pa.string()) for t in TEXT_TYPES]
+    + [("caption.txt", pa.string()), ("json", pa.string())]
+)
+
+
+def _to_shard_batch(batch: pa.Table) -> pa.Table:
+    return pa.Table.from_pylist([shard_sample(r) for r in batch.to_pylist()], schema=_SHARD_SCHEMA)
+
+
+def _split_errors(batch: pa.Table, errors_uri: str) -> pa.Table:
+    """Write this batch's error rows under ``errors_uri``; return the good rows."""
+    is_error = pc.is_valid(batch.column("error"))
+    errors = batch.filter(is_error).select(list(ERROR_COLUMNS))
+    if errors.num_rows:
+        digest = hashlib.sha1("\n".join(errors.column("uid").to_pylist()).encode()).hexdigest()[:16]
+        fs, path = storage.resolve(storage.join(errors_uri, f"errors-{digest}.parquet"))
+        if not storage.is_s3(errors_uri):
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(errors, path, filesystem=fs)
+    return batch.filter(pc.invert(is_error))
+
+
+def checked(ds, cfg: DataConfig, dst: str):
+    """Validate every image; error rows are recorded under ``dst/errors``, good rows flow on."""
+    kwargs = {"batch_size": cfg.batch_size, "num_cpus": cfg.num_cpus_per_task, "batch_format": "pyarrow"}
+    ds = ds.map_batches(check_batch, fn_kwargs={"max_pixels": cfg.max_image_pixels}, **kwargs)
+    return ds.map_batches(_split_errors, fn_kwargs={"errors_uri": storage.join(dst, ERRORS_DIR)}, **kwargs)
+
+
+def _save_mode(overwrite: bool):
+    from ray.data import SaveMode
+
+    return SaveMode.OVERWRITE if overwrite else SaveMode.ERROR
+
+
+def write_webdataset(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> None:
+    """Write good records as ``.tar`` shards of about ``samples_per_shard`` samples."""
+    fs, path = storage.resolve(dst)
+    shards = ds.map_batches(
+        _to_shard_batch, batch_size=cfg.batch_size, num_cpus=cfg.num_cpus_per_task, batch_format="pyarrow"
+    )
+    shards.write_webdataset(
+        path, filesystem=fs, encoder=None, min_rows_per_file=cfg.samples_per_shard, mode=_save_mode(overwrite)
+    )
+
+
+def write_parquet(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> None:
+    """Write good records as Parquet files in the record schema."""
+    fs, path = storage.resolve(dst)
+    ds.write_parquet(
+        path,
+        filesystem=fs,
+        min_rows_per_file=cfg.samples_per_shard,
+        mode=_save_mode(overwrite),
+        schema=schema.RECORD_SCHEMA,
+    )
+
+
+def read_errors(dst: str) -> pa.Table:
+    """All error rows recorded under ``dst``, sorted by uid."""
+    uri = storage.join(dst, ERRORS_DIR)
+    if not storage.exists(uri):
+        return pa.table({c: pa.array([], pa.string()) for c in ERROR_COLUMNS})
+    fs, _ = storage.resolve(uri)
+    tables = [pq.read_table(p, filesystem=fs) for p in storage.list_files(uri, (".parquet",))]
+    return pa.concat_tables(tables).sort_by("uid") if tables else pa.table(
+        {c: pa.array([], pa.string()) for c in ERROR_COLUMNS}
+    )
