@@ -45,11 +45,43 @@ class DataConfig(_Strict):
     )
 
 
+class ContextConfig(_Strict):
+    """Species context for captions: Wikipedia visual descriptions and caption format examples."""
+
+    api_url: str = Field(
+        default="https://en.wikipedia.org/w/api.php", description="MediaWiki Action API endpoint (a mirror, a test server)"
+    )
+    user_agent: str = Field(
+        default="biocap-ray/0.1 (BioCAP species-context builder; set context.user_agent to add your contact)",
+        min_length=8,
+        description="Wikimedia asks every client to name itself and a contact",
+    )
+    requests_per_second: float = Field(default=5.0, gt=0, description="total over all concurrent tasks")
+    concurrency: int = Field(default=2, ge=1, description="concurrent fetch tasks; the rate is split between them")
+    num_cpus_per_task: float = Field(default=0.25, gt=0, description="fetching waits on the network, not the CPU")
+    batch_size: int = Field(default=16, ge=1, description="taxa per Ray Data batch")
+    timeout_s: float = Field(default=30.0, gt=0, description="per HTTP request")
+    max_retries: int = Field(default=5, ge=0, description="on 429, 5xx, network errors and malformed replies")
+    backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles each retry")
+    max_backoff_s: float = Field(default=60.0, ge=0)
+    cache_uri: str | None = Field(
+        default=None, description="on-disk response cache, local or s3:// (default: <output>/_cache)"
+    )
+    search_limit: int = Field(default=5, ge=1, le=50, description="search results weighed when the title is not exact")
+    genus_fallback: bool = Field(default=True, description="also fetch the genus article when a species has none")
+    max_chars: int = Field(default=600, ge=50, description="budget of the visual-trait excerpt")
+    rows_per_file: int = Field(default=1000, ge=1, description="context rows per output Parquet file")
+    format_examples_uri: str | None = Field(
+        default=None, description="Parquet (class, description) of caption examples (default: the packaged file)"
+    )
+
+
 class Config(_Strict):
     """The whole pipeline's configuration; each stage reads its own section."""
 
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
+    context: ContextConfig = ContextConfig()
 
 
 PRESETS = ("local", "cluster")

@@ -100,6 +100,7 @@ def _text(value) -> str | None:
 
 def shard_sample_to_record(sample: dict) -> dict:
     """One WebDataset sample (key → bytes) as a record; unknown keys make it an error row."""
+    sample = {k: None if isinstance(v, float) and v != v else v for k, v in sample.items()}  # NaN → None
     key = _text(sample.get("__key__")) or ""
     shard = _text(sample.get("path") or sample.get("__url__")) or "?"
     origin = f"{shard}#{key}"

@@ -1,0 +1,37 @@
+import pytest
+
+from biocap_ray.config import PRESETS, Config, ConfigError, load_config, preset_path
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_shipped_preset_parses(name):
+    assert preset_path(name).exists()
+    assert isinstance(load_config(name), Config)
+
+
+def test_overrides_are_typed():
+    cfg = load_config("local", ["data.batch_size=7", "ray.num_cpus=1"])
+    assert cfg.data.batch_size == 7 and cfg.ray.num_cpus == 1
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(ConfigError, match=r"data\.batchsize"):
+        load_config("local", ["data.batchsize=7"])
+
+
+def test_bad_value_is_named_with_its_input():
+    with pytest.raises(ConfigError, match=r"data\.samples_per_shard.*'many'"):
+        load_config("local", ["data.samples_per_shard=many"])
+    with pytest.raises(ConfigError, match=r"data\.num_cpus_per_task"):
+        load_config("local", ["data.num_cpus_per_task=0"])
+
+
+def test_bad_yaml_file_and_missing_preset(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such file or preset"):
+        load_config("nonexistent")
+    with pytest.raises(ConfigError, match="expected section.field=value"):
+        load_config("local", ["data.batch_size"])

@@ -1,0 +1,177 @@
+"""The data layer on local disk through Ray Data: round trips and bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from biocap_ray.data import readers, writers
+from biocap_ray.data.ops import convert, inspect
+from biocap_ray.data.taxonomy import Taxon
+from conftest import SAMPLE, bad_images, jpeg_bytes
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def records(uri, cfg, fmt=None) -> dict[str, dict]:
+    rows = readers.read_records(uri, cfg, fmt).take_all()
+    return {r["uid"]: r for r in rows}
+
+
+def test_folder_to_shards_round_trip(tmp_path, data_cfg):
+    src = records(str(SAMPLE), data_cfg)
+    assert len(src) == 97 and not any(r["error"] for r in src.values())
+    out = convert(str(SAMPLE), str(tmp_path / "shards"), data_cfg)
+    assert out["errors"] == 0 and out["files"] >= 97 // data_cfg.samples_per_shard
+    back = records(str(tmp_path / "shards"), data_cfg)
+    assert back.keys() == src.keys()
+    for uid, rec in src.items():
+        got = back[uid]
+        assert got["image"] == rec["image"], uid
+        for key in ("kingdom", "class", "genus", "species", "scientific_name", "common_name", "source"):
+            assert got[key] == rec[key], (uid, key)
+        assert Taxon.from_mapping(got).texts() == Taxon.from_mapping(rec).texts()
+    lion = back["panthera_leo_npc1"] if "panthera_leo_npc1" in back else next(iter(back.values()))
+    assert lion["origin"].endswith(".tar#" + lion["uid"])
+
+
+def test_shards_carry_bioclip_text_keys(tmp_path, data_cfg):
+    convert(str(SAMPLE), str(tmp_path / "shards"), data_cfg)
+    tars = sorted((tmp_path / "shards").glob("*.tar"))
+    with tarfile.open(tars[0]) as tf:
+        names = tf.getnames()
+        key = names[0].split(".", 1)[0]
+        members = {n.split(".", 1)[1] for n in names if n.split(".", 1)[0] == key}
+        meta = json.loads(tf.extractfile(f"{key}.json").read())
+        sci = tf.extractfile(f"{key}.sci.txt").read().decode()
+    assert {"jpg", "sci.txt", "com.txt", "taxon.txt", "sci_com.txt", "taxon_com.txt", "taxonTag.txt",
+            "taxonTag_com.txt", "json"} <= members
+    assert sci == Taxon.from_mapping(meta).text("sci")
+
+
+def test_parquet_round_trip_and_format_detection(tmp_path, data_cfg):
+    convert(str(SAMPLE), str(tmp_path / "shards"), data_cfg)
+    convert(str(tmp_path / "shards"), str(tmp_path / "pq"), data_cfg, to="parquet")
+    assert readers.detect_format(str(tmp_path / "pq")) == "parquet"
+    assert readers.detect_format(str(tmp_path / "shards")) == "webdataset"
+    assert readers.detect_format(str(SAMPLE / "metadata.csv")) == "folder"
+    a = records(str(tmp_path / "shards"), data_cfg)
+    b = records(str(tmp_path / "pq"), data_cfg)
+    assert a.keys() == b.keys()
+    assert all(a[u]["image"] == b[u]["image"] and a[u]["species"] == b[u]["species"] for u in a)
+
+
+def _bad_folder(root: Path) -> Path:
+    """A folder whose metadata points at hard images, a missing file and a duplicate uid."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for name, data in {**bad_images(), "good.jpg": jpeg_bytes()}.items():
+        (root / "images" / name).write_bytes(data)
+        rows.append({"file": f"images/{name}", "kingdom": "Animalia", "class": "Aves", "genus": "Corvus",
+                     "species": "corax", "common_name": "raven"})
+    rows.append({"file": "images/good.jpg", "kingdom": "Animalia", "class": "Aves"})  # duplicate uid
+    rows.append({"file": "images/missing.jpg", "kingdom": "Plantae"})
+    with open(root / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "kingdom", "class", "genus", "species", "common_name"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_bad_inputs_become_error_rows_and_the_rest_flows(tmp_path, data_cfg):
+    src = _bad_folder(tmp_path / "bad")
+    out = convert(str(src), str(tmp_path / "out"), data_cfg)
+    good = records(str(tmp_path / "out"), data_cfg)
+    assert set(good) == {"cmyk", "palette", "gray16", "alpha", "good"}
+    errors = {r["uid"]: r for r in writers.read_errors(str(tmp_path / "out")).to_pylist()}
+    assert out["errors"] == len(errors) == 5
+    assert set(errors) == {"truncated", "garbage", "bomb", "good", "missing"}
+    assert "decompression bomb" in errors["bomb"]["error"]
+    assert "duplicate uid 'good' (first at metadata.csv data row 8)" == errors["good"]["error"]
+    assert errors["good"]["origin"] == "metadata.csv data row 9"
+    assert "images/missing.jpg" in errors["missing"]["error"]
+    tar_members = [n for t in (tmp_path / "out").glob("*.tar") for n in tarfile.open(t).getnames()]
+    assert "palette.png" in tar_members and "cmyk.jpg" in tar_members  # bytes kept, key matches format
+
+
+def test_inspect_reports_errors_ranks_classes_and_sizes(tmp_path, data_cfg):
+    s = inspect(str(_bad_folder(tmp_path / "bad")), data_cfg)
+    assert (s.records, s.ok, s.errors) == (10, 5, 5)
+    assert s.error_reasons["decompression bomb"] == 1
+    assert s.classes == {"Aves": 5}
+    assert s.ranks_present["genus"] == 5 and s.label_ranks == {"species": 5}
+    assert s.width["max"] == 64 and s.image_modes["RGB"] >= 1
+    assert any(e["origin"] == "metadata.csv data row 5" for e in s.error_examples)
+    text = s.render()
+    assert "errors           5" in text and "Aves 5" in text
+
+
+def test_missing_metadata_columns_and_bad_encoding_are_clear_errors(tmp_path, data_cfg):
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m1" / "metadata.csv").write_text("path,genus\nimages/a.jpg,Corvus\n")
+    with pytest.raises(ValueError, match=r"metadata.csv: missing column 'file'"):
+        readers.read_records(str(tmp_path / "m1"), data_cfg)
+    (tmp_path / "m2").mkdir()
+    (tmp_path / "m2" / "metadata.csv").write_text("file,colour\nimages/a.jpg,red\n")
+    with pytest.raises(ValueError, match="no taxonomy columns"):
+        readers.read_records(str(tmp_path / "m2"), data_cfg)
+    (tmp_path / "m3").mkdir()
+    (tmp_path / "m3" / "metadata.csv").write_bytes(b"file,genus\nimages/a.jpg,Corv\xffus\n")
+    with pytest.raises(ValueError, match="metadata.csv: cannot parse metadata"):
+        readers.read_records(str(tmp_path / "m3"), data_cfg)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: cannot tell the dataset format"):
+        readers.detect_format(str(tmp_path / "empty"))
+
+
+def _write_tar(path: Path, samples: list[dict[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tf:
+        for sample in samples:
+            key = sample["__key__"]
+            for ext, data in sample.items():
+                if ext == "__key__":
+                    continue
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+
+def test_tol_shards_unknown_keys_and_duplicate_uids(tmp_path, data_cfg):
+    src = tmp_path / "tol"
+    src.mkdir()
+    tag = b"a photo of kingdom Animalia phylum Chordata class Aves genus Corvus species corax."
+    _write_tar(src / "shard-000000.tar", [
+        {"__key__": "a", "jpg": jpeg_bytes(), "taxonTag.txt": tag, "sci.txt": b"a photo of Corvus corax.",
+         "com.txt": b"a photo of common raven."},
+        {"__key__": "b", "jpg": jpeg_bytes(), "sci.txt": b"a photo of Corvus corax.", "weird.bin": b"?"},
+        {"__key__": "c", "sci.txt": b"a photo of Corvus corax."},
+    ])
+    _write_tar(src / "shard-000001.tar", [{"__key__": "a", "jpg": jpeg_bytes((1, 2, 3))}])
+    rows = readers.read_records(str(src), data_cfg).take_all()
+    recs = {r["uid"]: r for r in rows if "shard-000000" in r["origin"]}
+    a = recs["a"]
+    assert (a["kingdom"], a["class"], a["genus"], a["species"], a["common_name"]) == (
+        "Animalia", "Aves", "Corvus", "corax", "common raven")
+    assert "unknown key(s) 'weird.bin'" in recs["b"]["error"]
+    assert "no image" in recs["c"]["error"]
+    out = convert(str(src), str(tmp_path / "out"), data_cfg)
+    errors = {(r["uid"], r["origin"].rsplit("/", 1)[-1]): r["error"]
+              for r in writers.read_errors(str(tmp_path / "out")).to_pylist()}
+    assert out["errors"] == 3
+    assert "first at" in errors[("a", "shard-000001.tar#a")]
+    assert set(records(str(tmp_path / "out"), data_cfg)) == {"a"}
+
+
+def test_existing_destination_needs_overwrite(tmp_path, data_cfg):
+    small = tmp_path / "small"
+    _bad_folder(small)
+    convert(str(small), str(tmp_path / "out"), data_cfg)
+    with pytest.raises(Exception, match="(?i)exist"):
+        convert(str(small), str(tmp_path / "out"), data_cfg)
+    convert(str(small), str(tmp_path / "out"), data_cfg, overwrite=True)
+    assert len(records(str(tmp_path / "out"), data_cfg)) == 5
