@@ -51,6 +51,39 @@ def _cmd_inspect(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_context_wikipedia(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.context.build import build_wikipedia_context
+    from biocap_ray.runtime import init_ray
+
+    init_ray(cfg.ray)
+    summary = build_wikipedia_context(
+        args.src, args.dst, cfg, src_format=args.src_format, overwrite=args.overwrite
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_context_import(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.context.build import import_context
+
+    summary = import_context(args.src, args.dst, cfg, overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_context_examples(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.context.build import examples_report
+    from biocap_ray.runtime import init_ray
+
+    if args.src and not args.src.lower().endswith((".csv", ".tsv")):
+        init_ray(cfg.ray)
+    report = examples_report(args.src, cfg, src_format=args.src_format)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        storage.write_bytes(args.json, json.dumps(report, indent=2).encode())
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.pipeline import run_pipeline
 
@@ -82,6 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--from", dest="src_format", choices=("webdataset", "folder", "parquet"), default=None)
     insp.add_argument("--json", help="also write the summary as JSON to this path (local or s3://)")
     insp.set_defaults(run=_cmd_inspect)
+
+    context = stages.add_parser("context", help="species context for captions: Wikipedia text, format examples")
+    ctx_cmds = context.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wiki = ctx_cmds.add_parser(
+        "wikipedia", parents=[common], help="fetch Wikipedia visual descriptions for every taxon of a dataset"
+    )
+    wiki.add_argument("src", help="dataset (as for data convert) or a taxon list CSV with the 7 ranks; local or s3://")
+    wiki.add_argument("dst", help="context table folder, local or s3:// (rerun to resume)")
+    wiki.add_argument("--from", dest="src_format", choices=("webdataset", "folder", "parquet"), default=None,
+                      help="read SRC as this dataset format (default: detected; a CSV without 'file' is a taxon list)")
+    wiki.add_argument("--overwrite", action="store_true", help="drop existing context rows (the cache is kept)")
+    wiki.set_defaults(run=_cmd_context_wikipedia)
+
+    imp = ctx_cmds.add_parser(
+        "import", parents=[common], help="build the context table from a JSONL/Parquet of (scientific_name, text)"
+    )
+    imp.add_argument("src", help="JSONL, JSON or Parquet with scientific_name and text columns; local or s3://")
+    imp.add_argument("dst", help="context table folder, local or s3://")
+    imp.add_argument("--overwrite", action="store_true", help="drop existing context rows first")
+    imp.set_defaults(run=_cmd_context_import)
+
+    exm = ctx_cmds.add_parser(
+        "examples", parents=[common], help="which classes of a dataset have caption format examples of their own"
+    )
+    exm.add_argument("src", nargs="?", help="dataset or taxon list CSV (omit to describe the examples file)")
+    exm.add_argument("--from", dest="src_format", choices=("webdataset", "folder", "parquet"), default=None)
+    exm.add_argument("--json", help="also write the report as JSON to this path (local or s3://)")
+    exm.set_defaults(run=_cmd_context_examples)
 
     pipe = stages.add_parser("pipeline", parents=[common], help="run every stage end to end")
     pipe.add_argument("--input", default="sample_data/species-sample", help="input dataset")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,7 +49,8 @@ class ContextConfig(_Strict):
     """Species context for captions: Wikipedia visual descriptions and caption format examples."""
 
     api_url: str = Field(
-        default="https://en.wikipedia.org/w/api.php", description="MediaWiki Action API endpoint (a mirror, a test server)"
+        default="https://en.wikipedia.org/w/api.php",
+        description="MediaWiki Action API endpoint (Wikipedia, a mirror, a test server)",
     )
     user_agent: str = Field(
         default="biocap-ray/0.1 (BioCAP species-context builder; set context.user_agent to add your contact)",
@@ -76,12 +77,56 @@ class ContextConfig(_Strict):
     )
 
 
+class SamplingConfig(_Strict):
+    """Decoding parameters (published: temperature 0.6, top_p 0.8, max_tokens 50)."""
+
+    temperature: float = Field(default=0.6, ge=0)
+    top_p: float = Field(default=0.8, gt=0, le=1)
+    max_tokens: int = Field(default=50, ge=1)
+    seed: int = Field(default=0, description="per-row seeds derive from it, so reruns are reproducible")
+
+
+class CaptionConfig(_Strict):
+    """Caption generation: engine, model, prompt, batching and quality checks."""
+
+    engine: Literal["vllm", "transformers"] = "vllm"
+    model: str = Field(default="", description="local folder, s3:// folder or a hub id (on clusters with network)")
+    prompt: str = Field(default="biocap-v1", description="shipped template name or path to a template YAML")
+    context_uri: str | None = Field(default=None, description="per-taxon context table from `context` (optional)")
+    taxonomy_uri: str | None = Field(
+        default=None, description="CSV of taxa (ranks + common_name) whose names count as 'another taxon' in QC"
+    )
+    max_words: int = Field(default=20, ge=1)
+    image_size: int = Field(default=448, ge=28, description="longest side of images given to the engine")
+    batch_size: int = Field(default=32, ge=1, description="images per engine call")
+    concurrency: int | tuple[int, int] = Field(default=1, description="engine actors, or (min, max) to autoscale")
+    num_gpus_per_engine: float = Field(default=1.0, ge=0)
+    num_cpus_per_engine: float = Field(default=1.0, gt=0)
+    num_cpus_per_task: float = Field(default=1.0, gt=0, description="CPU pre/post-processing tasks")
+    accelerator_type: str | None = None
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int = Field(default=2048, ge=128)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    quantization: str | None = None
+    dtype: str = "auto"
+    enable_prefix_caching: bool = True
+    sampling: SamplingConfig = SamplingConfig()
+    copy_threshold: float = Field(default=0.5, ge=0, le=1, description="share of words copied from the excerpt")
+    qc_action: Literal["keep", "drop", "retry"] = Field(
+        default="keep", description="failing captions: keep flagged, drop from merged shards, or regenerate"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="generations per image when qc_action=retry")
+    rows_per_file: int = Field(default=1000, ge=1, description="captions per output Parquet file")
+    engine_max_restarts: int = Field(default=3, ge=0, description="restarts of a crashed engine actor")
+
+
 class Config(_Strict):
     """The whole pipeline's configuration; each stage reads its own section."""
 
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
     context: ContextConfig = ContextConfig()
+    caption: CaptionConfig = CaptionConfig()
 
 
 PRESETS = ("local", "cluster")

@@ -162,12 +162,12 @@ def _truncated(sentence: str) -> bool:
 def visual_sentences(text: str | None, max_chars: int = 600, min_score: float = 1.0) -> str:
     """The appearance sentences of ``text``, in order, joined, at most ``max_chars`` characters.
 
-    A trailing fragment (a source cut off with ``...``) is never kept. A single sentence longer
-    than the budget is cut at a word boundary and ends with an ellipsis.
+    A source cut off with ``...`` keeps its last fragment, ending in an ellipsis. A single
+    sentence longer than the budget is cut at a word boundary and ends with an ellipsis too.
     """
     sentences = split_sentences(clean_text(text))
-    if sentences and _truncated(sentences[-1]):
-        sentences = sentences[:-1]
+    if sentences and _truncated(sentences[-1]):  # a source cut off mid-sentence: mark it as cut
+        sentences[-1] = sentences[-1].rstrip(" .…,;:") + "…"
     kept: list[str] = []
     used = 0
     for sentence in sentences:

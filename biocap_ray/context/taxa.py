@@ -121,7 +121,7 @@ def taxon_query(row: Mapping, problems: Counter | None = None) -> dict | None:
             epithet = sci_epithet
     elif sci and genus is None and not any(lineage.values()):
         genus = sci
-    if genus and any(lineage[r] is None for r in LINEAGE):
+    if genus and any(lineage.values()) and not all(lineage.values()):
         problems["missing_ranks"] += 1
     if not genus:
         problems["no_genus"] += 1

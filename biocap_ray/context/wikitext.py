@@ -33,7 +33,7 @@ _KEEP_LAST = frozenset({"lang", "lang-la", "transl", "transliteration", "nowrap"
                         "big", "em", "strong", "smallcaps", "sc", "noitalic", "nobold", "var", "abbr",
                         "nowiki", "linktext", "vernacular", "common name"})
 _KEEP_FIRST = frozenset({"taxlink", "taxon link", "abbr", "sic", "sp", "genus", "species", "visible anchor",
-                         "anchor text", "plainlist", "ubl", "unbulleted list", "hlist"})
+                         "anchor text", "plainlist", "ubl", "unbulleted list", "hlist"}) - _KEEP_LAST
 _SYMBOLS = {"ndash": "–", "snd": " – ", "spaced ndash": " – ", "mdash": "—", "spaced en dash": " – ",
             "nbsp": " ", "-": "", "'": "'", "=": "=", "!": "|", "·": " · ", "dot": " · ", "x": "×"}
 

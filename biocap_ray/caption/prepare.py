@@ -1,0 +1,155 @@
+"""Everything between a record and an engine call, and between its output and a caption row.
+
+Shared by both engines so they differ only in how text is generated: decode and bound the
+image, look up the species context, render the prompt with the model's chat template
+(before generation); quality checks and provenance columns (after).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from biocap_ray import storage
+from biocap_ray.caption.prompts import PromptTemplate
+from biocap_ray.caption.quality import NameIndex, QualityRules, check
+from biocap_ray.context.lookup import ContextLookup
+from biocap_ray.data.images import ImageError, load_rgb
+
+MAX_PIXELS = 89_478_485
+
+
+@dataclass
+class CaptionSetup:
+    """The picklable state every pre/post-processing task needs."""
+
+    model: str
+    engine: str
+    template: PromptTemplate
+    lookup: ContextLookup
+    names: NameIndex
+    image_size: int
+    rules: QualityRules
+    attempt: int = 0
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_model(model: str) -> str:
+    """A local folder for ``model``: s3:// folders are copied once per node; hub ids pass through."""
+    if not storage.is_s3(model):
+        return model
+    digest = hashlib.sha1(model.encode()).hexdigest()[:12]
+    local = os.path.join(os.environ.get("BIOCAP_MODEL_CACHE", "/tmp/biocap_models"), digest)
+    if not os.path.exists(os.path.join(local, ".complete")):
+        import pyarrow.fs as pafs
+
+        fs, path = storage.resolve(model)
+        tmp = f"{local}.tmp-{os.getpid()}"
+        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        open(os.path.join(tmp, ".complete"), "w").close()
+        os.replace(tmp, local) if not os.path.exists(local) else None
+    return local
+
+
+@functools.lru_cache(maxsize=2)
+def load_processor(model: str):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(resolve_model(model))
+
+
+def organism_name(row: dict) -> str:
+    sci = row.get("scientific_name") or ""
+    common = row.get("common_name")
+    return f"{sci} ({common})" if common and sci else (sci or common or "this organism")
+
+
+def row_seed(uid: str, attempt: int, seed: int) -> int:
+    return int.from_bytes(hashlib.sha1(f"{seed}:{attempt}:{uid}".encode()).digest()[:4], "little")
+
+
+def bounded_image(data: bytes, size: int) -> np.ndarray:
+    """Decode to RGB with the longest side at most ``size`` (bounds the engine's image tokens)."""
+    img = load_rgb(data, MAX_PIXELS)
+    img.thumbnail((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+PREPARED_COLUMNS = ("uid", "prompt", "pixels", "reference", "names", "context_level", "examples_level",
+                    "context_hash", "prefix_key", "seed")
+
+
+def prepare_batch(batch: pa.Table, setup: CaptionSetup) -> dict:
+    """Records → prompts + bounded images. Unusable records are returned separately as errors."""
+    processor = load_processor(setup.model)
+    out: dict[str, list] = {c: [] for c in PREPARED_COLUMNS}
+    errors: list[dict] = []
+    for row in batch.to_pylist():
+        if row.get("error"):
+            errors.append({"uid": row["uid"], "error": f"input record: {row['error']}"})
+            continue
+        try:
+            pixels = bounded_image(row["image"], setup.image_size)
+        except ImageError as exc:
+            errors.append({"uid": row["uid"], "error": f"unreadable image: {exc}"})
+            continue
+        ctx = setup.lookup.lookup(row)
+        messages = setup.template.messages(organism_name(row), list(ctx.examples), ctx.text, setup.rules.max_words)
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        static = f"{setup.template.version}|{setup.template.order}|{'|'.join(ctx.examples)}"
+        out["uid"].append(row["uid"])
+        out["prompt"].append(prompt)
+        out["pixels"].append(pixels)
+        out["reference"].append(ctx.text)
+        out["names"].append([n for n in (row.get("scientific_name"), row.get("common_name")) if n])
+        out["context_level"].append(ctx.text_level)
+        out["examples_level"].append(ctx.examples_level)
+        out["context_hash"].append(ctx.hash)
+        out["prefix_key"].append(
+            hashlib.sha1(static.encode()).hexdigest()[:12] if setup.template.order == "static_first" else None
+        )
+        out["seed"].append(row_seed(row["uid"], setup.attempt, setup.seed))
+    return {"prepared": out, "errors": errors}
+
+
+def caption_row(prepared: dict, text: str | None, setup: CaptionSetup, *, input_tokens: int | None,
+                output_tokens: int | None, latency_s: float | None, error: str | None = None) -> dict:
+    """One output row: the caption, its QC flags and where it came from."""
+    text = (text or "").strip() if error is None else None
+    flags = check(text, prepared["names"], prepared["reference"], setup.rules, setup.names)
+    if error is not None:
+        flags = {k: None for k in flags}
+        flags["qc_pass"] = False
+    return {
+        "uid": prepared["uid"],
+        "caption": text,
+        **flags,
+        "engine": setup.engine,
+        "model": setup.model,
+        "prompt_version": setup.template.version,
+        "context_level": prepared["context_level"],
+        "examples_level": prepared["examples_level"],
+        "context_hash": prepared["context_hash"],
+        "prefix_key": prepared["prefix_key"],
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "latency_s": latency_s,
+        "attempt": setup.attempt,
+        "error": error,
+    }
+
+
+def error_row(uid: str, error: str, setup: CaptionSetup) -> dict:
+    """An input that could not be captioned (unreadable image, engine failure after retries)."""
+    return caption_row(
+        {"uid": uid, "names": [], "reference": None, "context_level": None, "examples_level": None,
+         "context_hash": None, "prefix_key": None},
+        None, setup, input_tokens=None, output_tokens=None, latency_s=None, error=error,
+    )
