@@ -84,6 +84,33 @@ def _cmd_context_examples(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cmd_caption(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.caption.run import caption
+    from biocap_ray.runtime import init_ray
+
+    init_ray(cfg.ray)
+    print(json.dumps(caption(args.src, args.dst, cfg, src_format=args.src_format), indent=2))
+    return 0
+
+
+def _cmd_caption_merge(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.caption.merge import merge_captions
+    from biocap_ray.runtime import init_ray
+
+    init_ray(cfg.ray)
+    print(json.dumps(merge_captions(args.src, args.captions, args.dst, cfg, overwrite=args.overwrite)))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.runtime import init_ray
+    from biocap_ray.train.run import train
+
+    init_ray(cfg.ray)
+    print(json.dumps(train(args.src, args.dst, cfg, run_name=args.name), indent=2))
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.pipeline import run_pipeline
 
@@ -143,6 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
     exm.add_argument("--from", dest="src_format", choices=("webdataset", "folder", "parquet"), default=None)
     exm.add_argument("--json", help="also write the report as JSON to this path (local or s3://)")
     exm.set_defaults(run=_cmd_context_examples)
+
+    cap = stages.add_parser("caption", help="caption organism images with a multimodal LLM")
+    cap_cmds = cap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = cap_cmds.add_parser("run", parents=[common], help="caption every image of a dataset (rerun to resume)")
+    gen.add_argument("src", help="input dataset (shards, folder+metadata, Parquet; local or s3://)")
+    gen.add_argument("dst", help="output folder of caption Parquet parts, local or s3://")
+    gen.add_argument("--from", dest="src_format", choices=("webdataset", "folder", "parquet"), default=None)
+    gen.set_defaults(run=_cmd_caption)
+    mrg = cap_cmds.add_parser("merge", parents=[common], help="write shards with captions as caption.txt")
+    mrg.add_argument("src", help="the dataset that was captioned")
+    mrg.add_argument("captions", help="the caption output folder")
+    mrg.add_argument("dst", help="output folder for the captioned shards")
+    mrg.add_argument("--overwrite", action="store_true")
+    mrg.set_defaults(run=_cmd_caption_merge)
+
+    trn = stages.add_parser("train", parents=[common], help="contrastive training on Ray Train (rerun to resume)")
+    trn.add_argument("src", help="training dataset (captioned shards, folder, Parquet; local or s3://)")
+    trn.add_argument("dst", help="output folder for checkpoints, exports and MLflow (local or s3://)")
+    trn.add_argument("--name", default="biocap", help="run name; the same name resumes the run")
+    trn.set_defaults(run=_cmd_train)
 
     pipe = stages.add_parser("pipeline", parents=[common], help="run every stage end to end")
     pipe.add_argument("--input", default="sample_data/species-sample", help="input dataset")

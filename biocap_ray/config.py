@@ -118,6 +118,59 @@ class CaptionConfig(_Strict):
     max_attempts: int = Field(default=3, ge=1, description="generations per image when qc_action=retry")
     rows_per_file: int = Field(default=1000, ge=1, description="captions per output Parquet file")
     engine_max_restarts: int = Field(default=3, ge=0, description="restarts of a crashed engine actor")
+    engine_env: dict[str, str] = Field(
+        default_factory=dict, description="environment of engine actors, e.g. VLLM_CPU_KVCACHE_SPACE on CPU"
+    )
+
+
+class TrainConfig(_Strict):
+    """Contrastive training on Ray Train (defaults: the published recipe)."""
+
+    model: str = Field(default="ViT-B-16", description="open_clip model name")
+    pretrained: str | None = Field(default=None, description="open_clip checkpoint, local or s3:// (None: random)")
+    dual_projector: bool = True
+    mode: Literal["sample", "joint"] = "sample"
+    caption_weight: float = Field(
+        default=1 / 6, ge=0, le=1, description="caption probability (sample mode) or w (joint mode)"
+    )
+    caption_fallback: Literal["sci", "com", "taxon", "sci_com", "taxon_com"] = Field(
+        default="taxon_com", description="text used for records without a caption"
+    )
+    num_workers: int = Field(default=8, ge=1)
+    use_gpu: bool = True
+    cpus_per_worker: float = Field(default=4.0, gt=0)
+    batch_size: int = Field(default=4096, ge=1, description="per worker and micro-step")
+    grad_accum_steps: int = Field(default=1, ge=1)
+    epochs: int = Field(default=50, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(default=1e-6, gt=0)
+    warmup_steps: int = Field(default=500, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    grad_checkpointing: bool = True
+    grad_clip_norm: float | None = Field(default=1.0, gt=0)
+    seed: int = 0
+    checkpoint_every: int = Field(default=1000, ge=1, description="optimizer steps between checkpoints")
+    log_every: int = Field(default=10, ge=1)
+    max_failures: int = Field(default=3, ge=-1, description="worker-group restarts from the last checkpoint")
+    prefetch_batches: int = Field(default=2, ge=0)
+    data_cpus_per_task: float = Field(default=1.0, gt=0, description="CPU decode/augment tasks")
+    cache_dataset: bool = Field(
+        default=False, description="decode+augment once and keep in the object store (small sets; fixed augmentation)"
+    )
+    mlflow_tracking_uri: str | None = Field(default=None, description="default: sqlite under the output folder")
+    experiment: str = "biocap"
+
+
+class PipelineConfig(_Strict):
+    """What the end-to-end pipeline runs besides each stage's own settings."""
+
+    context_source: str | None = Field(
+        default=None,
+        description="offline species descriptions (JSONL/Parquet) to import; empty: fetch from Wikipedia",
+    )
 
 
 class Config(_Strict):
@@ -127,6 +180,8 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     context: ContextConfig = ContextConfig()
     caption: CaptionConfig = CaptionConfig()
+    train: TrainConfig = TrainConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
 
 PRESETS = ("local", "cluster")

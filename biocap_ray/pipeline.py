@@ -11,19 +11,55 @@ from biocap_ray.config import Config
 log = logging.getLogger(__name__)
 
 
+def _stage(name: str, output: str, overwrite: bool) -> bool:
+    """Whether to run a stage: its output is missing, or the user asked to recompute."""
+    if overwrite or not storage.exists(output):
+        log.info("%s -> %s", name, storage.redact(output))
+        return True
+    log.info("%s: %s exists, skipping", name, storage.redact(output))
+    return False
+
+
 def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool = False) -> dict:
-    """Ingest ``input_uri`` into WebDataset shards under ``output_uri`` and inspect them."""
+    """ingest → species context → caption → captions into shards → train, under ``output_uri``."""
+    from biocap_ray.caption.merge import merge_captions
+    from biocap_ray.caption.run import caption
+    from biocap_ray.context.build import build_wikipedia_context, import_context
     from biocap_ray.data.ops import convert, inspect
     from biocap_ray.runtime import init_ray
+    from biocap_ray.train.run import train
 
     init_ray(cfg.ray)
-    shards = storage.join(output_uri, "shards")
-    if overwrite or not storage.exists(shards):
-        log.info("ingest: %s -> %s", storage.redact(input_uri), storage.redact(shards))
-        convert(input_uri, shards, cfg.data, to="webdataset", overwrite=overwrite)
-    else:
-        log.info("ingest: %s exists, skipping", storage.redact(shards))
-    summary = inspect(shards, cfg.data, src_format="webdataset")
-    print(summary.render())
-    return {"shards": storage.redact(shards), "records": summary.records, "errors": summary.errors,
-            "classes": len(summary.classes)}
+    out = {name: storage.join(output_uri, name) for name in ("shards", "context", "captions", "captioned", "train")}
+    if _stage("ingest", out["shards"], overwrite):
+        convert(input_uri, out["shards"], cfg.data, to="webdataset", overwrite=overwrite)
+    data = inspect(out["shards"], cfg.data, src_format="webdataset")
+    print(data.render())
+
+    if _stage("context", out["context"], overwrite):
+        if cfg.pipeline.context_source:
+            import_context(cfg.pipeline.context_source, out["context"], cfg, overwrite=overwrite)
+        else:
+            build_wikipedia_context(out["shards"], out["context"], cfg, src_format="webdataset", overwrite=overwrite)
+    cfg = cfg.model_copy(deep=True)
+    cfg.caption.context_uri = cfg.caption.context_uri or out["context"]
+
+    captions = caption(out["shards"], out["captions"], cfg, src_format="webdataset")  # resumes by itself
+    if _stage("merge", out["captioned"], overwrite):
+        merge_captions(out["shards"], out["captions"], out["captioned"], cfg, overwrite=overwrite)
+    trained = train(out["captioned"], out["train"], cfg, run_name="pipeline")  # resumes by itself
+
+    return {
+        "records": data.records,
+        "ingest_errors": data.errors,
+        "classes": len(data.classes),
+        "captions_written": captions["captioned"],
+        "caption_errors": captions["errors"],
+        "qc_pass_rate": captions["qc_pass_rate"],
+        "context_levels": captions["context_levels"],
+        "train_steps": trained["steps"],
+        "train_loss": trained["final_loss"],
+        "model_export": trained["export"],
+        "mlflow_tracking_uri": trained["mlflow_tracking_uri"],
+        "outputs": {k: storage.redact(v) for k, v in out.items()},
+    }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,7 @@ from conftest import REPO
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def _run(*args, timeout=300):
+def _run(*args, timeout=600):
     return subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -49,7 +51,11 @@ def test_pipeline_job_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "run"
     first = _run("jobs/pipeline.py", "--output", str(out))
     assert first.returncode == 0, first.stderr[-3000:]
-    assert '"records": 97' in first.stdout and '"errors": 0' in first.stdout
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["records"] == 97 and summary["ingest_errors"] == 0 and summary["classes"] == 14
+    assert summary["captions_written"] == 97 and summary["caption_errors"] == 0
+    assert summary["train_steps"] > 0 and summary["train_loss"] > 0
+    assert Path(summary["model_export"]).exists()
     assert "ranks present    kingdom=97" in first.stdout
     shards = sorted(p.name for p in (out / "shards").glob("*.tar"))
     assert shards

@@ -41,12 +41,31 @@ class CaptionSetup:
     extra: dict = field(default_factory=dict)
 
 
+TINY_MODEL = "builtin:tiny-qwen2-vl"
+
+
+def _model_cache() -> str:
+    return os.environ.get("BIOCAP_MODEL_CACHE", "/tmp/biocap_models")
+
+
 def resolve_model(model: str) -> str:
-    """A local folder for ``model``: s3:// folders are copied once per node; hub ids pass through."""
+    """A local folder for ``model``: s3:// folders are copied once per node, ``builtin:tiny-qwen2-vl``
+    (a random tiny model for demos and tests) is built once per node; hub ids pass through."""
+    if model == TINY_MODEL:
+        local = os.path.join(_model_cache(), "tiny-qwen2-vl")
+        if not os.path.exists(os.path.join(local, ".complete")):
+            from biocap_ray.caption.tiny_model import build_tiny_qwen2_vl
+
+            tmp = f"{local}.tmp-{os.getpid()}"
+            build_tiny_qwen2_vl(tmp)
+            open(os.path.join(tmp, ".complete"), "w").close()
+            if not os.path.exists(local):
+                os.replace(tmp, local)
+        return local
     if not storage.is_s3(model):
         return model
     digest = hashlib.sha1(model.encode()).hexdigest()[:12]
-    local = os.path.join(os.environ.get("BIOCAP_MODEL_CACHE", "/tmp/biocap_models"), digest)
+    local = os.path.join(_model_cache(), digest)
     if not os.path.exists(os.path.join(local, ".complete")):
         import pyarrow.fs as pafs
 
@@ -54,7 +73,8 @@ def resolve_model(model: str) -> str:
         tmp = f"{local}.tmp-{os.getpid()}"
         pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         open(os.path.join(tmp, ".complete"), "w").close()
-        os.replace(tmp, local) if not os.path.exists(local) else None
+        if not os.path.exists(local):
+            os.replace(tmp, local)
     return local
 
 

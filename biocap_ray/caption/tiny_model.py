@@ -43,8 +43,12 @@ def _corpus() -> list[str]:
     return [words] * 50 + ["You are a biologist. Describe only what is visible in the image."] * 20
 
 
-def build_tiny_qwen2_vl(path: str | Path, seed: int = 0, vocab_size: int = 512) -> Path:
-    """Write a tiny Qwen2-VL (model, tokenizer, processor, generation config) to ``path``."""
+def build_tiny_qwen2_vl(path: str | Path, seed: int = 0, vocab_size: int = 512,
+                        text: dict | None = None, vision: dict | None = None, max_pixels: int = 28 * 28 * 16) -> Path:
+    """Write a tiny Qwen2-VL (model, tokenizer, processor, generation config) to ``path``.
+
+    ``text`` / ``vision`` override the tiny sizes (e.g. real Qwen2-VL-2B sizes for GPU benchmarks).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -76,7 +80,7 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0, vocab_size: int = 512) 
     tokenizer.chat_template = CHAT_TEMPLATE
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
-    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=max_pixels)
     processor = Qwen2VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
         chat_template=CHAT_TEMPLATE,
@@ -89,11 +93,11 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0, vocab_size: int = 512) 
             "max_position_embeddings": 4096, "max_window_layers": 2,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
             "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
+            "pad_token_id": ids["<|endoftext|>"], **(text or {}),
         },
         vision_config={
             "depth": 1, "embed_dim": 64, "hidden_size": 128, "num_heads": 2, "mlp_ratio": 2,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, **(vision or {}),
         },
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],

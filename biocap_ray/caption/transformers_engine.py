@@ -17,6 +17,19 @@ from biocap_ray.caption.prepare import CaptionSetup, caption_row, error_row, loa
 log = logging.getLogger(__name__)
 
 
+def _plain(value):
+    """numpy batch values as Python ones (Ray hands strings over as bytes or numpy scalars)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:  # missing values arrive as NaN
+        return None
+    return value
+
+
 class TransformersCaptioner:
     """Callable class for ``map_batches``: prepared prompts + images → caption rows."""
 
@@ -53,7 +66,7 @@ class TransformersCaptioner:
         return list(zip(texts, n_in, n_out))
 
     def __call__(self, batch: dict) -> dict:
-        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["uid"]))]
+        rows = [{k: _plain(batch[k][i]) for k in batch} for i in range(len(batch["uid"]))]
         images = [Image.fromarray(np.asarray(r["pixels"], dtype=np.uint8)) for r in rows]
         out: list[dict] = []
         start = time.perf_counter()

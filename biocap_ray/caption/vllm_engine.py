@@ -23,7 +23,7 @@ def _preprocess(row: dict, sampling: dict) -> dict:
     out["names"] = list(row["names"])
     out["prompt"] = row["prompt"]
     out["multimodal_data"] = {"image": image}
-    out["sampling_params"] = {**sampling, "seed": int(row["seed"])}
+    out["sampling_params"] = dict(sampling)
     return out
 
 
@@ -51,6 +51,8 @@ def build_vllm_stage(cfg: CaptionConfig, setup: CaptionSetup, env_vars: dict[str
         "dtype": cfg.dtype,
         "max_num_seqs": cfg.batch_size,
         "limit_mm_per_prompt": {"image": 1},
+        # one seed per engine and attempt (vLLM's CPU backend fails on per-request seeds)
+        "seed": setup.seed + 1000 * setup.attempt,
     }
     if cfg.quantization:
         engine_kwargs["quantization"] = cfg.quantization

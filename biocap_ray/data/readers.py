@@ -74,6 +74,19 @@ def _task_kwargs(cfg: DataConfig) -> dict:
     return {"batch_size": cfg.batch_size, "num_cpus": cfg.num_cpus_per_task, "batch_format": "pyarrow"}
 
 
+def count_records(uri: str, fmt: str | None = None) -> int | None:
+    """The number of records without reading images (None for shards, which must be read to count)."""
+    fmt = fmt or detect_format(uri)
+    if fmt == "folder":
+        meta = uri if uri.lower().rstrip("/").endswith((".csv", ".tsv", ".parquet")) else next(
+            (storage.join(uri, n) for n in METADATA_NAMES if storage.exists(storage.join(uri, n))), None)
+        return read_metadata(meta).num_rows if meta else None
+    if fmt == "parquet":
+        fs, _ = storage.resolve(uri)
+        return sum(pq.read_metadata(p, filesystem=fs).num_rows for p in storage.list_files(uri, (".parquet",)))
+    return None
+
+
 # --- WebDataset shards -------------------------------------------------------------------------
 
 
@@ -189,7 +202,10 @@ def read_metadata(uri: str) -> pa.Table:
     base = posixpath.basename(path)
     origins = [f"{base} data row {i + 1}" for i in range(table.num_rows)]
     table = table.append_column("origin", pa.array(origins, pa.string()))
-    return _mark_duplicates(table)
+    table = _mark_duplicates(table)
+    # rows of one class together: the caption prompt's static part then repeats back to back
+    order = [c for c in ("class", "order", "family", "genus", "species") if c in table.column_names]
+    return table.sort_by([(c, "ascending") for c in order]) if order else table
 
 
 def _mark_duplicates(table: pa.Table) -> pa.Table:

@@ -49,7 +49,7 @@ def _to_shard_batch(batch: pa.Table) -> pa.Table:
     return pa.Table.from_pylist([shard_sample(r) for r in batch.to_pylist()], schema=_SHARD_SCHEMA)
 
 
-def _split_errors(batch: pa.Table, errors_uri: str) -> pa.Table:
+def split_errors(batch: pa.Table, errors_uri: str) -> pa.Table:
     """Write this batch's error rows under ``errors_uri``; return the good rows."""
     is_error = pc.is_valid(batch.column("error"))
     errors = batch.filter(is_error).select(list(ERROR_COLUMNS))
@@ -66,7 +66,7 @@ def checked(ds, cfg: DataConfig, dst: str):
     """Validate every image; error rows are recorded under ``dst/errors``, good rows flow on."""
     kwargs = {"batch_size": cfg.batch_size, "num_cpus": cfg.num_cpus_per_task, "batch_format": "pyarrow"}
     ds = ds.map_batches(check_batch, fn_kwargs={"max_pixels": cfg.max_image_pixels}, **kwargs)
-    return ds.map_batches(_split_errors, fn_kwargs={"errors_uri": storage.join(dst, ERRORS_DIR)}, **kwargs)
+    return ds.map_batches(split_errors, fn_kwargs={"errors_uri": storage.join(dst, ERRORS_DIR)}, **kwargs)
 
 
 def _save_mode(overwrite: bool):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -79,11 +79,7 @@ def test_fetch_job_resumes_and_rerun_fetches_nothing(ray_context, fake_wiki, tmp
 
 
 def test_import_real_descriptions(tmp_path):
-    src = "/work/shared/data/context/wikipedia_species_descriptions.jsonl"
-    if not os.path.exists(src):
-        import pytest
-
-        pytest.skip("shared data not present")
+    src = str(Path(__file__).resolve().parents[2] / "sample_data" / "context" / "wikipedia_species_descriptions.jsonl")
     dst = str(tmp_path / "imported")
     summary = import_context(src, dst, load_config("local"))
     assert summary["rows_written"] == summary["taxa"] > 100

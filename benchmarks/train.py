@@ -1,0 +1,144 @@
+"""Training throughput: the Ray Train run (2 workers, DDP on gloo, Ray Data ingest) against a
+plain single-process torch loop with the same model, data, global batch and total cores, in
+one run. Prints samples/s, the ratio, and where each spends its time (data vs compute).
+
+    .venv/bin/python benchmarks/train.py --images 2048 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+
+from biocap_ray.config import load_config
+from biocap_ray.data.taxonomy import Taxon
+from biocap_ray.train.ingest import _tools
+from biocap_ray.train.loop import compute_loss, cosine_with_warmup, param_groups
+from biocap_ray.train.model import build_model
+from biocap_ray.train.objective import TEXT_CHOICES
+
+from synthetic import generate
+
+MODEL = "biocap-small"
+
+
+def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float, float, float]:
+    """Decode, augment, tokenise and train in one process: (samples/s, data s, compute s)."""
+    import json
+
+    import open_clip
+
+    torch.set_num_threads(threads)
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    model, _, _, _ = build_model(t.model, None, t.dual_projector, False)
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(t.warmup_steps, steps))
+    loss_fn = open_clip.ClipLoss()
+    transform, tokenizer = _tools(t.model, True)
+    batch_size = t.batch_size * t.num_workers
+
+    def batches():
+        images, texts = [], []
+        for shard in shards:
+            with tarfile.open(shard) as tf:
+                sample = {}
+                for member in tf:
+                    key, ext = member.name.split(".", 1)
+                    sample[ext] = tf.extractfile(member).read()
+                    if ext == "json":
+                        from PIL import Image
+
+                        taxon = Taxon.from_mapping(json.loads(sample["json"]))
+                        with Image.open(io.BytesIO(sample["jpg"])) as img:
+                            images.append(transform(img.convert("RGB")))
+                        texts.extend([taxon.text(x) for x in TEXT_CHOICES[:-1]] + [taxon.text(t.caption_fallback)])
+                        sample = {}
+                        if len(images) == batch_size:
+                            tokens = tokenizer(texts).reshape(batch_size, len(TEXT_CHOICES), -1)
+                            yield {"image": torch.stack(images), "tokens": tokens}
+                            images, texts = [], []
+
+    data_s = compute_s = 0.0
+    done = 0
+    it = batches()
+    start = time.perf_counter()
+    for step in range(steps + 3):
+        if step == 3:
+            start, data_s, compute_s = time.perf_counter(), 0.0, 0.0
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        loss, _ = compute_loss(model, loss_fn, batch, step, cfg)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        t2 = time.perf_counter()
+        data_s += t1 - t0
+        compute_s += t2 - t1
+        done += batch_size if step >= 3 else 0
+    return done / (time.perf_counter() - start), data_s, compute_s
+
+
+def ray_run(folder: Path, cfg, steps: int) -> tuple[float, float, float]:
+    from biocap_ray.train.run import train
+
+    out = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    train(str(folder), str(out), cfg, run_name="bench")
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["biocap"], output_format="list")[0]
+    client = mlflow.MlflowClient()
+
+    def history(key):
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+
+    rates, data, compute = history("samples_per_s_per_worker"), history("data_wait_s"), history("compute_s")
+    warm = 3  # skip start-up steps, as for the plain loop
+    rate = sum(rates[warm:]) / len(rates[warm:]) * cfg.train.num_workers
+    shutil.rmtree(out)
+    return rate, sum(data[warm:]), sum(compute[warm:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=32, help="per worker")
+    parser.add_argument("--workdir", default="/tmp/biocap_bench")
+    args = parser.parse_args()
+
+    import ray
+
+    shards = generate(Path(args.workdir) / f"synthetic-{args.images}", args.images)
+    overrides = [f"train.model={MODEL}", f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps + 3}",
+                 "train.epochs=100", "train.log_every=1", f"train.checkpoint_every={args.steps + 3}",
+                 "train.cpus_per_worker=0.8", "train.data_cpus_per_task=0.2", "train.prefetch_batches=2",
+                 "data.batch_size=64"]
+    cfg = load_config("local", overrides)
+    os.environ["OMP_NUM_THREADS"] = "1"  # one core per Ray worker, two for the plain loop
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray_rate, ray_data, ray_compute = ray_run(shards[0].parent, cfg, args.steps)
+    ray.shutdown()
+    plain_rate, plain_data, plain_compute = plain_loop(shards, cfg, args.steps, threads=2)
+
+    print(f"\nmodel {MODEL}, global batch {args.batch_size * 2}, {args.steps} timed steps, 2 cores each")
+    print(f"{'run':<26}{'samples/s':>10}{'data s':>9}{'compute s':>11}")
+    print(f"{'ray train (2 workers)':<26}{ray_rate:>10.1f}{ray_data:>9.1f}{ray_compute:>11.1f}")
+    print(f"{'plain torch loop':<26}{plain_rate:>10.1f}{plain_data:>9.1f}{plain_compute:>11.1f}")
+    print(f"\nratio ray/plain: {ray_rate / plain_rate:.2f}   (ray data/compute are per worker, summed over steps)")
+
+
+if __name__ == "__main__":
+    main()

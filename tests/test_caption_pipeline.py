@@ -1,0 +1,162 @@
+"""The caption job on local Ray with real engines on a tiny random Qwen2-VL: the transformers
+engine and vLLM (CPU build) run through the same pipeline code. Captions are gibberish; the
+tests check the pipeline: counts, uids, resume, error rows, QC flags and provenance."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from biocap_ray.caption import outputs
+from biocap_ray.caption.merge import merge_captions
+from biocap_ray.caption.run import caption
+from biocap_ray.config import load_config
+from biocap_ray.context.build import import_context
+from biocap_ray.data import readers
+from conftest import REPO, SAMPLE
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+PICK = ["columba_livia_npc91", "phasianus_colchicus_npc112", "bos_taurus_npc19", "panthera_leo_npc2",
+        "apteryx_npc103", "carnivora_npc68", "bison_bison_npc15", "canis_lupus_npc81"]
+
+
+def small_folder(root: Path, uids: list[str], corrupt: bool = True) -> Path:
+    """A folder dataset of some sample images, plus one corrupt image."""
+    (root / "images").mkdir(parents=True)
+    rows = [r for r in csv.DictReader(open(SAMPLE / "metadata.csv")) if Path(r["file"]).stem in uids]
+    for r in rows:
+        shutil.copy(SAMPLE / r["file"], root / r["file"])
+    if corrupt:
+        (root / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        rows.append({**rows[0], "file": "images/broken.jpg"})
+    with open(root / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+CONTEXT_ROWS = [
+    {"scientific_name": "Columba livia", "common_name": "rock dove",
+     "text": "The rock dove has a pale grey body with two black bars on each wing and an iridescent green neck."},
+    {"scientific_name": "Canis",
+     "text": "Members of the genus have long legs, a bushy tail, a long muzzle and large erect ears."},
+]
+
+
+def context_table(tmp_path: Path) -> Path:
+    """A context table built by the real import path: a species entry and a genus entry."""
+    ctx = tmp_path / "context"
+    if not ctx.exists():
+        src = tmp_path / "context.jsonl"
+        src.write_text("\n".join(json.dumps(r) for r in CONTEXT_ROWS))
+        summary = import_context(str(src), str(ctx), load_config("local"))
+        assert summary["status"]["ok"] == 2
+    return ctx
+
+
+def cfg_for(engine: str, tmp_path: Path, *extra: str):
+    ctx = context_table(tmp_path)
+    return load_config("local", [
+        f"caption.engine={engine}", f"caption.context_uri={ctx}", "caption.rows_per_file=3",
+        "caption.batch_size=4", "caption.sampling.max_tokens=12", "data.batch_size=4", *extra,
+    ])
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    present = {p.stem for p in (SAMPLE / "images").iterdir()}
+    return small_folder(tmp_path / "data", [u for u in PICK if u in present])
+
+
+def test_transformers_engine_captions_every_image_once_and_resumes(dataset, tmp_path):
+    cfg = cfg_for("transformers", tmp_path)
+    dst = str(tmp_path / "captions")
+    summary = caption(str(dataset), dst, cfg)
+    table = outputs.read_parts(dst).to_pylist()
+    uids = [r["uid"] for r in table]
+    expected = {p.stem for p in (dataset / "images").iterdir()}
+    assert Counter(uids) == Counter(expected)  # every uid exactly once, the corrupt one included
+    broken = next(r for r in table if r["uid"] == "broken")
+    assert broken["error"].startswith("unreadable image") and broken["caption"] is None
+    good = [r for r in table if not r["error"]]
+    assert len(good) == len(expected) - 1 == summary["captioned"]
+    for r in good:
+        assert r["model"] == "builtin:tiny-qwen2-vl" and r["prompt_version"] == "biocap-v1"
+        assert r["engine"] == "transformers" and r["input_tokens"] > 20 and 0 < r["output_tokens"] <= 12
+        assert r["qc_missing_name"] is not None and r["qc_pass"] in (True, False)
+        assert len(r["context_hash"]) == 12 and r["examples_level"] == "class"
+    levels = {r["uid"]: r["context_level"] for r in good}
+    assert levels["columba_livia_npc91"] == "species" and levels["canis_lupus_npc81"] == "genus"
+    assert levels["bos_taurus_npc19"] is None
+    assert summary["errors"] == 1 and 0 <= summary["qc_pass_rate"] <= 1
+    assert summary["prefix_reuse_rate"] > 0  # several images share a class's static prompt
+    files = sorted(os.listdir(dst))
+    again = caption(str(dataset), dst, cfg)
+    assert again["this_run_images"] == 0 and sorted(os.listdir(dst)) == files
+
+
+def test_vllm_engine_runs_the_same_pipeline(dataset, tmp_path):
+    cfg = cfg_for("vllm", tmp_path)
+    dst = str(tmp_path / "captions")
+    summary = caption(str(dataset), dst, cfg)
+    table = outputs.read_parts(dst).to_pylist()
+    assert sorted(r["uid"] for r in table) == sorted(p.stem for p in (dataset / "images").iterdir())
+    good = [r for r in table if not r["error"]]
+    assert good and all(r["engine"] == "vllm" and r["input_tokens"] > 20 and r["output_tokens"] >= 1 for r in good)
+    assert all(r["latency_s"] is not None and r["latency_s"] >= 0 for r in good)
+    assert summary["errors"] == 1 and summary["captioned"] == len(good)
+
+
+def test_qc_retry_regenerates_failures_and_merge_writes_caption_txt(dataset, tmp_path):
+    cfg = cfg_for("transformers", tmp_path, "caption.qc_action=retry", "caption.max_attempts=2")
+    dst = str(tmp_path / "captions")
+    caption(str(dataset), dst, cfg)
+    first = outputs.read_parts(dst).to_pylist()
+    failing = {r["uid"] for r in first if not r["error"] and not r["qc_pass"]}
+    assert failing  # gibberish from a random model fails QC
+    retried = outputs.read_parts(outputs.attempt_dir(dst, 1)).to_pylist()
+    assert {r["uid"] for r in retried} == failing and all(r["attempt"] == 1 for r in retried)
+    best = outputs.read_captions(dst).to_pylist()
+    assert len(best) == len({r["uid"] for r in first})
+    out = merge_captions(str(dataset), dst, str(tmp_path / "shards"), cfg)
+    recs = {r["uid"]: r for r in readers.read_records(str(tmp_path / "shards"), cfg.data).take_all()}
+    assert len(recs) == len(best) and out["records_with_caption"] == len(best) - 1  # not the corrupt image
+    by_uid = {r["uid"]: r for r in best}
+    assert all(recs[u]["caption"] == by_uid[u]["caption"] for u in recs)
+    assert recs["broken"]["caption"] is None
+
+
+def test_kill_and_resume_captions_every_uid_exactly_once(tmp_path):
+    data = small_folder(tmp_path / "data", sorted(p.stem for p in (SAMPLE / "images").iterdir())[:24], corrupt=False)
+    dst = tmp_path / "captions"
+    context_table(tmp_path)
+    args = [sys.executable, "-m", "biocap_ray.cli", "caption", "run", str(data), str(dst),
+            "--set", "caption.engine=transformers", "--set", "caption.rows_per_file=2",
+            "--set", "caption.batch_size=2", "--set", "data.batch_size=2",
+            "--set", "caption.sampling.max_tokens=24", "--set", f"caption.context_uri={tmp_path / 'context'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(dst.glob("part-*.parquet"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = outputs.read_parts(str(dst)).num_rows
+    assert 0 < before < 24, "the run must be interrupted midway"
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    uids = Counter(outputs.read_parts(str(dst)).column("uid").to_pylist())
+    assert set(uids) == {p.stem for p in (data / "images").iterdir()} and set(uids.values()) == {1}

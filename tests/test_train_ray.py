@@ -1,0 +1,171 @@
+"""BioCAP training through Ray Train: 2 workers on gloo, a tiny open_clip ViT, the sample data."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from biocap_ray.config import load_config
+from biocap_ray.train.run import train
+from conftest import SAMPLE
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def tiny(*extra: str):
+    return load_config("local", ["train.batch_size=8", "data.batch_size=8", *extra])
+
+
+def losses(out: Path, run: str) -> list[tuple[int, float]]:
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    found = mlflow.search_runs(experiment_names=["biocap"], filter_string=f"tags.biocap_run = '{run}'",
+                               output_format="list")
+    assert len(found) == 1
+    history = mlflow.MlflowClient().get_metric_history(found[0].info.run_id, "loss")
+    return sorted((m.step, m.value) for m in history)
+
+
+def test_it_learns(tmp_path):
+    """One fixed global batch of 16 images, seen 30 times: the loss must fall well below chance."""
+    chance = math.log(16)
+    out = tmp_path / "out"
+    cfg = tiny("train.epochs=30", "train.lr=0.002", "train.checkpoint_every=30", "train.caption_weight=0.3",
+               "train.cache_dataset=true")
+    result = train(str(_subset(tmp_path, 16)), str(out), cfg, run_name="learn")
+    history = losses(out, "learn")
+    assert result["steps"] == 30 and len(history) == 30
+    first, last = sum(v for _, v in history[:3]) / 3, sum(v for _, v in history[-3:]) / 3
+    assert first > 0.8 * chance and last < 0.5 * first, history
+    assert (out / "export" / "learn" / "open_clip_label.safetensors").exists()
+
+
+def _subset(tmp_path: Path, n: int) -> Path:
+    import csv
+    import shutil
+
+    root = tmp_path / f"data{n}"
+    if root.exists():
+        return root
+    (root / "images").mkdir(parents=True)
+    rows = list(csv.DictReader(open(SAMPLE / "metadata.csv")))[:n]
+    for r in rows:
+        shutil.copy(SAMPLE / r["file"], root / r["file"])
+    with open(root / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_rerun_resumes_from_the_latest_checkpoint_in_joint_mode(tmp_path):
+    data = _subset(tmp_path, 32)
+    opts = ("train.mode=joint", "train.epochs=10", "train.checkpoint_every=2")
+    first = train(str(data), str(tmp_path / "out"), tiny("train.max_steps=4", *opts), "resume")
+    assert first["steps"] == 4 and first["restored_from_step"] == -1
+    again = train(str(data), str(tmp_path / "out"), tiny("train.max_steps=8", *opts), "resume")
+    assert again["steps"] == 8 and again["restored_from_step"] == 4
+    steps = [s for s, _ in losses(tmp_path / "out", "resume")]
+    assert steps == list(range(1, 9))  # one MLflow run, continued, every step once
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if b"RayTrainWorker" in open(f"/proc/{d}/cmdline", "rb").read():
+                    pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint(tmp_path):
+    data = _subset(tmp_path, 32)
+    out = tmp_path / "out"
+    cfg = tiny("train.epochs=20", "train.max_steps=40", "train.checkpoint_every=4", "train.max_failures=2",
+               "train.cache_dataset=true")
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.time() + 300
+        # Ray Train writes this file once its controller has registered a checkpoint
+        while time.time() < deadline and not (out / "runs" / "killed" / "checkpoint_manager_snapshot.json").exists():
+            time.sleep(0.2)
+        pids = _train_worker_pids()
+        if pids:
+            os.kill(pids[-1], signal.SIGKILL)
+            killed.append(pids[-1])
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = train(str(data), str(out), cfg, "killed")
+    thread.join()
+    assert killed, "no train worker was found to kill"
+    assert result["steps"] == 40 and 4 <= result["restored_from_step"] < 40
+    steps = [s for s, _ in losses(out, "killed")]
+    assert sorted(set(steps)) == list(range(1, 41))  # no step missing after the restart
+
+
+def test_two_workers_with_batch_b_match_one_worker_with_batch_2b():
+    """local_loss + gather_with_grad over the Ray Train process group = the global-batch loss."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    single, double = _one_step(1), _one_step(2)
+    assert abs(single["loss"] - double["loss"]) < 1e-5
+    assert torch.allclose(torch.tensor(double["grads"]), torch.tensor(single["grads"]), atol=1e-6)
+
+
+def _one_step(workers: int) -> dict:
+    """One joint-mode step on a fixed batch of 8 split over ``workers``: mean loss and gradients."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def step(config):
+        import open_clip
+        import ray.train
+        import ray.train.torch
+
+        from biocap_ray.config import load_config as load
+        from biocap_ray.train.loop import compute_loss
+        from biocap_ray.train.model import build_model
+
+        cfg = load("local", ["train.mode=joint", "train.caption_weight=0.4"])
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.manual_seed(0)
+        model, _, _, _ = build_model("biocap-tiny", None)
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        gen = torch.Generator().manual_seed(1)
+        images = torch.randn(8, 3, 32, 32, generator=gen)
+        tokens = torch.randint(1, 400, (8, 6, 32), generator=gen)
+        share = 8 // world
+        mine = slice(rank * share, (rank + 1) * share)
+        loss_fn = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
+        loss, _ = compute_loss(model, loss_fn, {"image": images[mine], "tokens": tokens[mine]}, 3, cfg)
+        loss.backward()
+        mean = loss.detach().clone()
+        if world > 1:
+            torch.distributed.all_reduce(mean)
+            mean /= world
+        inner = model.module if hasattr(model, "module") else model
+        grads = torch.cat([inner.label_proj.grad.flatten(), inner.caption_proj.grad.flatten(),
+                           inner.clip.visual.conv1.weight.grad.flatten()])
+        # a Ray Train V2 result keeps the metrics that came with a checkpoint
+        folder = tempfile.mkdtemp()
+        ray.train.report({"loss": mean.item(), "grads": grads.tolist()},
+                         checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None)
+
+    trainer = TorchTrainer(step, scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}))
+    return trainer.fit().metrics

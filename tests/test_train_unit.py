@@ -1,0 +1,64 @@
+"""Training pieces that need no Ray: the dual projector, text-type mixing, export."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import open_clip
+import torch
+
+from biocap_ray.train.export import CAPTION_FILE, LABEL_FILE, export
+from biocap_ray.train.model import build_model
+from biocap_ray.train.objective import (
+    LABEL_TYPES, label_text_type, sample_probabilities, sample_text_type,
+)
+
+
+def test_text_type_draw_is_a_pure_function_of_seed_and_step():
+    probs = sample_probabilities(1 / 6)
+    draws = [sample_text_type(7, s, probs) for s in range(3000)]
+    assert draws == [sample_text_type(7, s, probs) for s in range(3000)]  # every rank agrees
+    assert draws != [sample_text_type(8, s, probs) for s in range(3000)]
+    counts = Counter(draws)
+    assert set(counts) == {*LABEL_TYPES, "caption"}
+    assert all(abs(n / 3000 - 1 / 6) < 0.03 for n in counts.values())
+    state = torch.random.get_rng_state()
+    sample_text_type(7, 1, probs)
+    assert torch.equal(state, torch.random.get_rng_state())  # no global RNG touched
+
+
+def test_caption_probability_is_the_knob():
+    assert Counter(sample_text_type(0, s, sample_probabilities(0.0)) for s in range(500))["caption"] == 0
+    assert set(sample_text_type(0, s, sample_probabilities(1.0)) for s in range(50)) == {"caption"}
+    assert {label_text_type(0, s) for s in range(200)} == set(LABEL_TYPES)
+
+
+def test_dual_projector_starts_as_copies_and_exports_to_plain_open_clip(tmp_path):
+    torch.manual_seed(0)
+    model, _, eval_tf, tokenizer = build_model("biocap-tiny", None)
+    assert torch.equal(model.label_proj, model.caption_proj)
+    assert torch.equal(model.caption_logit_scale, model.clip.logit_scale)
+    assert model.label_proj.data_ptr() != model.caption_proj.data_ptr()
+    with torch.no_grad():
+        model.caption_proj.add_(0.5)  # diverge, as training would
+    images = torch.randn(3, 3, 32, 32)
+    tokens = tokenizer(["a photo of Panthera leo.", "a photo of lion.", "a lion with a mane"])
+    model.eval()
+    with torch.no_grad():
+        ours = {p: model.image_features(images, p) for p in ("label", "caption")}
+        text = model.text_features(tokens)
+    export(model, str(tmp_path))
+    for name, projector in ((LABEL_FILE, "label"), (CAPTION_FILE, "caption")):
+        clip, _, _ = open_clip.create_model_and_transforms("biocap-tiny", pretrained=str(tmp_path / name))
+        clip.eval()
+        with torch.no_grad():
+            assert torch.allclose(clip.encode_image(images, normalize=True), ours[projector], atol=1e-6)
+            assert torch.allclose(clip.encode_text(tokens, normalize=True), text, atol=1e-6)
+    assert not torch.allclose(ours["label"], ours["caption"])
+
+
+def test_single_projector_flag():
+    model, _, _, _ = build_model("biocap-tiny", None, dual_projector=False)
+    assert not hasattr(model, "caption_proj")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.image_features(x, "caption"), model.image_features(x, "label"))
