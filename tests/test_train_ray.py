@@ -76,6 +76,10 @@ def test_rerun_resumes_from_the_latest_checkpoint_in_joint_mode(tmp_path):
     assert again["steps"] == 8 and again["restored_from_step"] == 4
     steps = [s for s, _ in losses(tmp_path / "out", "resume")]
     assert steps == list(range(1, 9))  # one MLflow run, continued, every step once
+    run = mlflow.search_runs(experiment_names=["biocap"], output_format="list")[0]
+    fallback = mlflow.MlflowClient().get_metric_history(run.info.run_id, "caption_fallback_fraction")
+    assert fallback and all(m.value == 1.0 for m in fallback)  # no captions in this folder: all fell back
+    assert run.data.params["train.mode"] == "joint" and run.data.params["train.lr"] == "0.001"
 
 
 def _train_worker_pids() -> list[int]:

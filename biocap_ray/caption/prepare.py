@@ -49,7 +49,7 @@ def _model_cache() -> str:
 
 
 def resolve_model(model: str) -> str:
-    """A local folder for ``model``: s3:// folders are copied once per node, ``builtin:tiny-qwen2-vl``
+    """A local path for ``model``: s3:// folders or files are copied once per node, ``builtin:tiny-qwen2-vl``
     (a random tiny model for demos and tests) is built once per node; hub ids pass through."""
     if model == TINY_MODEL:
         local = os.path.join(_model_cache(), "tiny-qwen2-vl")
@@ -64,18 +64,20 @@ def resolve_model(model: str) -> str:
         return local
     if not storage.is_s3(model):
         return model
-    digest = hashlib.sha1(model.encode()).hexdigest()[:12]
-    local = os.path.join(_model_cache(), digest)
-    if not os.path.exists(os.path.join(local, ".complete")):
-        import pyarrow.fs as pafs
+    import pyarrow.fs as pafs
 
-        fs, path = storage.resolve(model)
+    fs, path = storage.resolve(model)
+    is_file = fs.get_file_info(path).type == pafs.FileType.File
+    local = os.path.join(_model_cache(), hashlib.sha1(model.encode()).hexdigest()[:12])
+    if not os.path.exists(os.path.join(local, ".complete")):
         tmp = f"{local}.tmp-{os.getpid()}"
-        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        target = os.path.join(tmp, path.rsplit("/", 1)[-1]) if is_file else tmp  # keep a file's name and suffix
+        os.makedirs(tmp, exist_ok=True)
+        pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         open(os.path.join(tmp, ".complete"), "w").close()
         if not os.path.exists(local):
             os.replace(tmp, local)
-    return local
+    return os.path.join(local, path.rsplit("/", 1)[-1]) if is_file else local
 
 
 @functools.lru_cache(maxsize=2)

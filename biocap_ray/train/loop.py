@@ -104,6 +104,7 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     model, _, _, _ = build_model(t.model, t.pretrained, t.dual_projector, t.grad_checkpointing)
+    model.train()
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     unwrapped: BioCAPModel = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
@@ -120,7 +121,7 @@ def train_loop(config: dict) -> None:
     restored_from = state["step"] if state["restored"] else -1
     shard = ray.train.get_dataset_shard("train")
     accum = 0
-    window = {"samples": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
+    window = {"samples": 0, "captioned": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
     losses: dict[str, float] = {}
     while step < total_steps:
         batch_in_epoch = 0
@@ -138,6 +139,7 @@ def train_loop(config: dict) -> None:
             accum += 1
             batch_in_epoch += 1
             window["samples"] += batch["image"].shape[0]
+            window["captioned"] += int(batch["has_caption"].sum())
             losses.update(report)
             if accum == t.grad_accum_steps:
                 if t.grad_clip_norm:
@@ -157,10 +159,12 @@ def train_loop(config: dict) -> None:
                     metrics = {"step": step, "epoch": epoch, "loss": loss.item(), **losses,
                                "lr": scheduler.get_last_lr()[0],
                                "samples_per_s_per_worker": window["samples"] / max(elapsed, 1e-9),
+                               # records without a caption use train.caption_fallback in caption losses
+                               "caption_fallback_fraction": 1 - window["captioned"] / max(window["samples"], 1),
                                "data_wait_s": window["data_s"], "compute_s": window["compute_s"],
                                "restored_from_step": restored_from}
                     tracker.log(metrics, step)
-                    window = {"samples": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
+                    window = {"samples": 0, "captioned": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
                     losses = {}
                 if step % t.checkpoint_every == 0 or step == total_steps:
                     meta = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
