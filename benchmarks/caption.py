@@ -2,7 +2,7 @@
 engine directly on the same images and model, in one run (transformers engine, and vLLM when
 it is installed).
 
-    .venv/bin/python benchmarks/caption.py --images 48
+    .venv/bin/python benchmarks/caption.py --images 400
 
 Both sides use one engine instance and the same batch size; the pipeline's figure is measured
 from its first caption to its last (steady state) and also end to end (with Ray and engine start).
@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from biocap_ray.caption import outputs
 from biocap_ray.caption.prepare import prepare_batch, resolve_model
 from biocap_ray.caption.run import build_setup, caption
 from biocap_ray.config import load_config
@@ -69,6 +68,7 @@ def direct_vllm(table: pa.Table, cfg) -> float:
     from vllm import LLM, SamplingParams
 
     c = cfg.caption
+    os.environ.update(c.engine_env)  # e.g. the CPU backend's KV-cache size, as the pipeline's actors get it
     setup = build_setup(cfg)
     llm = LLM(model=resolve_model(c.model), max_model_len=c.max_model_len, dtype=c.dtype,
               max_num_seqs=c.batch_size, enable_prefix_caching=c.enable_prefix_caching,
@@ -88,24 +88,16 @@ def direct_vllm(table: pa.Table, cfg) -> float:
 
 
 def pipeline(folder: Path, cfg) -> tuple[float, float | None]:
+    """(end-to-end images/s, steady-state images/s from the first caption batch to the last)."""
     dst = Path(tempfile.mkdtemp(prefix="bench-captions-"))
-    start = time.perf_counter()
-    caption(str(folder), str(dst), cfg)
-    total = time.perf_counter() - start
-    lat = outputs.read_parts(str(dst)).num_rows
-    steady = None
-    parts = sorted(dst.glob("part-*.parquet"), key=lambda p: p.stat().st_mtime)
-    if len(parts) > 1:  # from the first written part to the last: engine start excluded
-        first, last = parts[0].stat().st_mtime, parts[-1].stat().st_mtime
-        done_after_first = lat - pq.read_metadata(parts[0]).num_rows
-        steady = done_after_first / max(last - first, 1e-9)
+    summary = caption(str(folder), str(dst), cfg)
     shutil.rmtree(dst)
-    return lat / total, steady
+    return summary["images_per_s"], summary["steady_images_per_s"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--engines", default="transformers,vllm")
     args = parser.parse_args()
@@ -124,11 +116,13 @@ def main() -> None:
                 print("vllm not installed: skipping its rows")
                 continue
         cfg = load_config("local", [f"caption.engine={engine}", f"caption.batch_size={args.batch_size}",
-                                    "caption.rows_per_file=8", "caption.max_attempts=1"])
+                                    "caption.rows_per_file=16", "caption.max_attempts=1"])
         table = records_table(folder, cfg)
         direct = direct_vllm(table, cfg) if engine == "vllm" else direct_transformers(table, cfg)
         end_to_end, steady = pipeline(folder, cfg)
         rows.append((engine, args.images, direct, end_to_end, steady))
+        print(f"{engine}: direct {direct:.2f} img/s, pipeline {end_to_end:.2f} img/s end to end, "
+              f"{steady or 0:.2f} steady", flush=True)
     ray.shutdown()
     shutil.rmtree(workdir)
 

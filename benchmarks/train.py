@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import shutil
 import tarfile
@@ -50,7 +51,7 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
 
     def batches():
         images, texts = [], []
-        for shard in shards:
+        for shard in itertools.cycle(shards):  # epochs until the steps are done
             with tarfile.open(shard) as tf:
                 sample = {}
                 for member in tf:
@@ -123,7 +124,8 @@ def main() -> None:
     shards = generate(Path(args.workdir) / f"synthetic-{args.images}", args.images)
     overrides = [f"train.model={MODEL}", f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps + 3}",
                  "train.epochs=100", "train.log_every=1", f"train.checkpoint_every={args.steps + 3}",
-                 "train.cpus_per_worker=0.8", "train.data_cpus_per_task=0.2", "train.prefetch_batches=2",
+                 "train.cpus_per_worker=0.7", "train.data_cpus_per_task=0.2", "train.prefetch_batches=2",
+                 "data.num_cpus_per_task=0.2",
                  "data.batch_size=64"]
     cfg = load_config("local", overrides)
     os.environ["OMP_NUM_THREADS"] = "1"  # one core per Ray worker, two for the plain loop
@@ -131,6 +133,7 @@ def main() -> None:
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     ray_rate, ray_data, ray_compute = ray_run(shards[0].parent, cfg, args.steps)
     ray.shutdown()
+    print(f"ray train: {ray_rate:.1f} samples/s", flush=True)
     plain_rate, plain_data, plain_compute = plain_loop(shards, cfg, args.steps, threads=2)
 
     print(f"\nmodel {MODEL}, global batch {args.batch_size * 2}, {args.steps} timed steps, 2 cores each")

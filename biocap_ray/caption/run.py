@@ -116,9 +116,17 @@ class _Progress:
 
         self.bar = tqdm(total=total, unit="img", desc=label, mininterval=2.0)
         self.start, self.images, self.tokens = time.perf_counter(), 0, 0
+        self.first_at = self.last_at = None  # steady state: from the first caption batch to the last
+        self.after_first = 0
 
     def update(self, rows: pa.Table) -> None:
         n = rows.num_rows
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+        else:
+            self.after_first += n
+        self.last_at = now
         toks = rows.column("output_tokens").to_pylist()
         self.images += n
         self.tokens += sum(t for t in toks if t)
@@ -129,6 +137,12 @@ class _Progress:
     def close(self) -> float:
         self.bar.close()
         return time.perf_counter() - self.start
+
+    def steady_rate(self) -> float | None:
+        """Images/s once the engine is producing (engine start-up excluded)."""
+        if self.first_at is None or self.last_at == self.first_at:
+            return None
+        return self.after_first / (self.last_at - self.first_at)
 
 
 def _stream(out_ds, folder: str, rows_per_file: int, progress: _Progress) -> int:
@@ -180,7 +194,7 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
     c = cfg.caption
     fmt = src_format or readers.detect_format(src)
     total_in = readers.count_records(src, fmt)
-    timing = {"images": 0, "seconds": 0.0}
+    timing = {"images": 0, "seconds": 0.0, "steady": None}
     only: set[str] | None = None
     for attempt in range(c.max_attempts if c.qc_action == "retry" else 1):
         folder = outputs.attempt_dir(dst, attempt)
@@ -198,6 +212,7 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
             progress = _Progress(todo, f"caption[{attempt}]")
             timing["images"] += _stream(_engine_stage(prepared, cfg, setup), folder, c.rows_per_file, progress)
             timing["seconds"] += progress.close()
+            timing["steady"] = timing["steady"] or progress.steady_rate()
         if c.qc_action != "retry":
             break
         final = outputs.read_captions(dst)
@@ -213,6 +228,7 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
         "this_run_images": timing["images"],
         "this_run_seconds": round(timing["seconds"], 1),
         "images_per_s": round(rate, 3),
+        "steady_images_per_s": round(timing["steady"], 3) if timing["steady"] else None,
         "gpu_hours_per_million_images": round(gpus * 1e6 / rate / 3600, 2) if rate and gpus else None,
         "engine_hours_per_million_images": round(engines * 1e6 / rate / 3600, 2) if rate else None,
     })
