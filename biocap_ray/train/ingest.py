@@ -4,11 +4,11 @@ Ray Data tasks (so GPU workers only train), fed to workers with ``iter_torch_bat
 from __future__ import annotations
 
 import functools
-import io
 
 import numpy as np
 import pyarrow as pa
 
+from biocap_ray.data.images import load_rgb
 from biocap_ray.data.taxonomy import Taxon
 from biocap_ray.train.objective import TEXT_CHOICES
 
@@ -28,18 +28,16 @@ def _tools(model: str, is_train: bool):
     return transform, open_clip.get_tokenizer(model)
 
 
-def training_rows(batch: pa.Table, model: str, fallback: str, is_train: bool = True) -> dict:
-    """Decode + augment with open_clip's transforms; tokenise every text type (caption last)."""
-    from PIL import Image
-
+def training_rows(batch: pa.Table, model: str, fallback: str, max_pixels: int, is_train: bool = True) -> dict:
+    """Decode (the data layer's safe decoder) + augment with open_clip's transforms; tokenise every
+    text type (caption last)."""
     transform, tokenizer = _tools(model, is_train)
     images, texts, has_caption, uids = [], [], [], []
     for row in batch.to_pylist():
         if row.get("error"):
             continue
         taxon = Taxon.from_mapping(row)
-        with Image.open(io.BytesIO(row["image"])) as img:
-            images.append(transform(img.convert("RGB")).numpy())
+        images.append(transform(load_rgb(row["image"], max_pixels)).numpy())
         caption = row.get("caption")
         texts.extend([taxon.text(t) for t in TEXT_CHOICES[:-1]] + [caption or taxon.text(fallback)])
         has_caption.append(bool(caption))
@@ -59,6 +57,7 @@ def training_dataset(src: str, cfg, is_train: bool = True):
     t = cfg.train
     return readers.read_records(src, cfg.data).map_batches(
         training_rows,
-        fn_kwargs={"model": t.model, "fallback": t.caption_fallback, "is_train": is_train},
+        fn_kwargs={"model": t.model, "fallback": t.caption_fallback, "max_pixels": cfg.data.max_image_pixels,
+                   "is_train": is_train},
         batch_format="pyarrow", batch_size=cfg.data.batch_size, num_cpus=t.data_cpus_per_task,
     )
