@@ -22,9 +22,6 @@ from biocap_ray.caption.quality import NameIndex, QualityRules, check
 from biocap_ray.context.lookup import ContextLookup
 from biocap_ray.data.images import ImageError, load_rgb
 
-MAX_PIXELS = 89_478_485
-
-
 @dataclass
 class CaptionSetup:
     """The picklable state every pre/post-processing task needs."""
@@ -36,6 +33,7 @@ class CaptionSetup:
     names: NameIndex
     image_size: int
     rules: QualityRules
+    max_pixels: int  # data.max_image_pixels: larger images are decompression bombs
     attempt: int = 0
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -97,9 +95,9 @@ def row_seed(uid: str, attempt: int, seed: int) -> int:
     return int.from_bytes(hashlib.sha1(f"{seed}:{attempt}:{uid}".encode()).digest()[:4], "little")
 
 
-def bounded_image(data: bytes, size: int) -> np.ndarray:
+def bounded_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     """Decode to RGB with the longest side at most ``size`` (bounds the engine's image tokens)."""
-    img = load_rgb(data, MAX_PIXELS)
+    img = load_rgb(data, max_pixels)
     img.thumbnail((size, size), Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8)
 
@@ -118,7 +116,7 @@ def prepare_batch(batch: pa.Table, setup: CaptionSetup) -> dict:
             errors.append({"uid": row["uid"], "error": f"input record: {row['error']}"})
             continue
         try:
-            pixels = bounded_image(row["image"], setup.image_size)
+            pixels = bounded_image(row["image"], setup.image_size, setup.max_pixels)
         except ImageError as exc:
             errors.append({"uid": row["uid"], "error": f"unreadable image: {exc}"})
             continue

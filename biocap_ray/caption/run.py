@@ -62,6 +62,7 @@ def build_setup(cfg: Config, attempt: int = 0) -> CaptionSetup:
         names=_run_names(cfg),
         image_size=c.image_size,
         rules=QualityRules(max_words=c.max_words, copy_threshold=c.copy_threshold),
+        max_pixels=cfg.data.max_image_pixels,
         attempt=attempt,
         seed=c.sampling.seed,
     )
