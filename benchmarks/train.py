@@ -22,7 +22,7 @@ import torch
 
 from biocap_ray.config import load_config
 from biocap_ray.data.taxonomy import Taxon
-from biocap_ray.train.ingest import _tools
+from biocap_ray.train.ingest import tools_for
 from biocap_ray.train.loop import compute_loss, cosine_with_warmup, param_groups
 from biocap_ray.train.model import build_model
 from biocap_ray.train.objective import TEXT_CHOICES
@@ -46,7 +46,7 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(t.warmup_steps, steps))
     loss_fn = open_clip.ClipLoss()
-    transform, tokenizer = _tools(t.model, True)
+    transform, tokenizer = tools_for(t.model, True)
     batch_size = t.batch_size * t.num_workers
 
     def batches():

@@ -29,14 +29,19 @@ def _config_args() -> argparse.ArgumentParser:
     return parent
 
 
+def _summary(result: dict) -> int:
+    """Every command's last stdout line: one JSON object a scheduler or script can parse."""
+    print(json.dumps(result, default=str), flush=True)
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.data.ops import convert
     from biocap_ray.runtime import init_ray
 
     init_ray(cfg.ray)
     result = convert(args.src, args.dst, cfg.data, to=args.to, src_format=args.src_format, overwrite=args.overwrite)
-    print(json.dumps(result))
-    return 0
+    return _summary(result)
 
 
 def _cmd_inspect(args: argparse.Namespace, cfg: Config) -> int:
@@ -59,16 +64,14 @@ def _cmd_context_wikipedia(args: argparse.Namespace, cfg: Config) -> int:
     summary = build_wikipedia_context(
         args.src, args.dst, cfg, src_format=args.src_format, overwrite=args.overwrite
     )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return _summary(summary)
 
 
 def _cmd_context_import(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.context.build import import_context
 
     summary = import_context(args.src, args.dst, cfg, overwrite=args.overwrite)
-    print(json.dumps(summary, indent=2))
-    return 0
+    return _summary(summary)
 
 
 def _cmd_context_examples(args: argparse.Namespace, cfg: Config) -> int:
@@ -89,8 +92,7 @@ def _cmd_caption(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.runtime import init_ray
 
     init_ray(cfg.ray)
-    print(json.dumps(caption(args.src, args.dst, cfg, src_format=args.src_format), indent=2))
-    return 0
+    return _summary(caption(args.src, args.dst, cfg, src_format=args.src_format))
 
 
 def _cmd_caption_merge(args: argparse.Namespace, cfg: Config) -> int:
@@ -98,8 +100,7 @@ def _cmd_caption_merge(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.runtime import init_ray
 
     init_ray(cfg.ray)
-    print(json.dumps(merge_captions(args.src, args.captions, args.dst, cfg, overwrite=args.overwrite)))
-    return 0
+    return _summary(merge_captions(args.src, args.captions, args.dst, cfg, overwrite=args.overwrite))
 
 
 def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
@@ -107,16 +108,30 @@ def _cmd_train(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.train.run import train
 
     init_ray(cfg.ray)
-    print(json.dumps(train(args.src, args.dst, cfg, run_name=args.name), indent=2))
-    return 0
+    return _summary(train(args.src, args.dst, cfg, run_name=args.name))
+
+
+def _cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.evaluate.run import evaluate
+    from biocap_ray.runtime import init_ray
+
+    init_ray(cfg.ray)
+    return _summary(evaluate(args.src, args.dst, cfg, args.models, held_out=args.held_out))
+
+
+def _cmd_tune(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.runtime import init_ray
+    from biocap_ray.tune.sweep import sweep
+
+    init_ray(cfg.ray)
+    return _summary(sweep(args.src, args.dst, cfg, name=args.name))
 
 
 def _cmd_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.pipeline import run_pipeline
 
     result = run_pipeline(cfg, args.input, args.output, overwrite=args.overwrite)
-    print(json.dumps(result))
-    return 0
+    return _summary(result)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("dst", help="output folder for checkpoints, exports and MLflow (local or s3://)")
     trn.add_argument("--name", default="biocap", help="run name; the same name resumes the run")
     trn.set_defaults(run=_cmd_train)
+
+    ev = stages.add_parser("evaluate", parents=[common],
+                           help="zero-shot classification and retrieval of one or more checkpoints")
+    ev.add_argument("src", help="labelled dataset (shards, folder+metadata, Parquet; local or s3://)")
+    ev.add_argument("dst", help="output folder for metrics, comparison table and report")
+    ev.add_argument("--model", dest="models", action="append", required=True, metavar="[NAME=]ARCH[:WEIGHTS]",
+                    help="open_clip architecture and weights: a checkpoint file, a BioCAP export folder or a "
+                         "training checkpoint folder; local or s3:// (repeat to compare models)")
+    ev.add_argument("--held-out", action="store_true",
+                    help="evaluate only the uids a training run held out (train.val_fraction)")
+    ev.set_defaults(run=_cmd_evaluate)
+
+    tun = stages.add_parser("tune", parents=[common],
+                            help="Ray Tune sweep of training runs over tune.space (rerun to resume)")
+    tun.add_argument("src", help="training dataset (captioned shards, folder, Parquet; local or s3://)")
+    tun.add_argument("dst", help="output folder for trials, results table and MLflow (local or s3://)")
+    tun.add_argument("--name", default="sweep", help="sweep name; the same name resumes the sweep")
+    tun.set_defaults(run=_cmd_tune)
 
     pipe = stages.add_parser("pipeline", parents=[common], help="run every stage end to end")
     pipe.add_argument("--input", default="sample_data/species-sample", help="input dataset")

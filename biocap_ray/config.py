@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -139,6 +139,7 @@ class TrainConfig(_Strict):
     num_workers: int = Field(default=8, ge=1)
     use_gpu: bool = True
     cpus_per_worker: float = Field(default=4.0, gt=0)
+    accelerator_type: str | None = Field(default=None, description="GPU type train workers need, e.g. H100")
     batch_size: int = Field(default=4096, ge=1, description="per worker and micro-step")
     grad_accum_steps: int = Field(default=1, ge=1)
     epochs: int = Field(default=50, ge=1)
@@ -160,8 +161,87 @@ class TrainConfig(_Strict):
     cache_dataset: bool = Field(
         default=False, description="decode+augment once and keep in the object store (small sets; fixed augmentation)"
     )
+    val_data: str | None = Field(
+        default=None, description="a labelled dataset to validate on at every checkpoint (zero-shot, see evaluate)"
+    )
+    val_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="else hold out this fraction of the training uids (by uid hash)"
+    )
     mlflow_tracking_uri: str | None = Field(default=None, description="default: sqlite under the output folder")
     experiment: str = "biocap"
+
+
+ClassTextType = Literal["as-is", "sci", "com", "taxon", "sci_com", "taxon_com", "taxonTag", "taxonTag_com"]
+RankName = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+
+
+class EvalConfig(_Strict):
+    """Zero-shot classification and retrieval, standalone and during training."""
+
+    text_type: ClassTextType = Field(
+        default="taxon_com", description="class names: as-is (the dataset's own name) or a BioCLIP text type"
+    )
+    rank: RankName = Field(default="species", description="classify at this rank (labels above it: their own)")
+    taxonomy_uri: str | None = Field(
+        default=None, description="CSV/Parquet of taxa (7 ranks, common_name) to add as candidate classes"
+    )
+    templates: Literal["openai", "photo"] = Field(
+        default="openai", description="OpenAI's ImageNet template ensemble, or 'a photo of {}.' alone"
+    )
+    retrieval_projector: Literal["label", "caption"] = "caption"
+    batch_size: int = Field(default=256, ge=1)
+    concurrency: int = Field(default=1, ge=1, description="embedding actors")
+    num_gpus_per_actor: float = Field(default=1.0, ge=0)
+    num_cpus_per_actor: float = Field(default=1.0, gt=0)
+    num_cpus_per_task: float = Field(default=1.0, gt=0, description="CPU decode tasks")
+    report_examples: int = Field(default=4, ge=0, description="retrieval examples pictured in the report")
+    mlflow_tracking_uri: str | None = Field(default=None, description="default: sqlite under the output folder")
+    experiment: str = "biocap-eval"
+
+
+class Dimension(_Strict):
+    """One axis of a sweep: exactly one of a grid, a choice, or a (log-)uniform range."""
+
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Dimension:
+        given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform (got {given or 'none'})")
+        return self
+
+
+class TuneConfig(_Strict):
+    """A Ray Tune sweep whose trials are training runs (defaults: the caption-to-label weighting)."""
+
+    space: dict[str, Dimension] = Field(
+        default_factory=lambda: {"train.caption_weight": Dimension(grid=[0.0, 1 / 6, 1 / 3, 0.5])},
+        description="train.<field> → values; e.g. train.caption_weight, train.mode, train.lr",
+    )
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(default=1, ge=1, description="trials per grid point (grid) or in all (random, optuna)")
+    metric: str = Field(default="val_top1", description="reported at every checkpoint; early stopping uses it")
+    mode: Literal["max", "min"] = "max"
+    early_stopping: bool = Field(default=True, description="ASHA on the metric, per checkpoint report")
+    grace_period: int = Field(default=1, ge=1, description="checkpoint reports before a trial may be stopped")
+    reduction_factor: float = Field(default=2.0, gt=1)
+    max_concurrent_trials: int | None = Field(default=None, ge=1, description="default: what the cluster fits")
+    trial_cpus: float = Field(default=0.25, gt=0, description="CPU of each trial's driver (its workers ask for more)")
+    mlflow_tracking_uri: str | None = Field(default=None, description="default: sqlite under the output folder")
+    experiment: str = "biocap-tune"
+
+    @field_validator("space")
+    @classmethod
+    def _train_fields(cls, space: dict[str, Dimension]) -> dict[str, Dimension]:
+        for key in space:
+            section, _, name = key.partition(".")
+            if section != "train" or name not in TrainConfig.model_fields:
+                raise ValueError(f"{key!r}: sweep keys are train.<field>, e.g. train.caption_weight")
+        return space
 
 
 class PipelineConfig(_Strict):
@@ -181,6 +261,8 @@ class Config(_Strict):
     context: ContextConfig = ContextConfig()
     caption: CaptionConfig = CaptionConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    tune: TuneConfig = TuneConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
 

@@ -3,10 +3,12 @@ whose outputs already exist is skipped (re-running resumes)."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from biocap_ray import storage
 from biocap_ray.config import Config
+from biocap_ray.tracking import default_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -21,16 +23,17 @@ def _stage(name: str, output: str, overwrite: bool) -> bool:
 
 
 def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool = False) -> dict:
-    """ingest → species context → caption → captions into shards → train, under ``output_uri``."""
+    """ingest → species context → caption → captions into shards → train → evaluate, under ``output_uri``."""
     from biocap_ray.caption.merge import merge_captions
     from biocap_ray.caption.run import caption
     from biocap_ray.context.build import build_wikipedia_context, import_context
     from biocap_ray.data.ops import convert, inspect
+    from biocap_ray.evaluate.run import evaluate
     from biocap_ray.runtime import init_ray
     from biocap_ray.train.run import train
 
     init_ray(cfg.ray)
-    out = {name: storage.join(output_uri, name) for name in ("shards", "context", "captions", "captioned", "train")}
+    out = {name: storage.join(output_uri, name) for name in ("shards", "context", "captions", "captioned", "train", "evaluate")}
     if _stage("ingest", out["shards"], overwrite):
         convert(input_uri, out["shards"], cfg.data, to="webdataset", overwrite=overwrite)
     data = inspect(out["shards"], cfg.data, src_format="webdataset")
@@ -48,6 +51,17 @@ def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool =
     if _stage("merge", out["captioned"], overwrite):
         merge_captions(out["shards"], out["captions"], out["captioned"], cfg, overwrite=overwrite)
     trained = train(out["captioned"], out["train"], cfg, run_name="pipeline")  # resumes by itself
+    export = storage.join(out["train"], "export", "pipeline")
+    if trained.get("best_export"):
+        export = storage.join(export, "best")
+    if _stage("evaluate", storage.join(out["evaluate"], "metrics.json"), overwrite):
+        # the best checkpoint's export, on the uids training held out (when it held some out);
+        # tracked in the training run's MLflow store
+        cfg.evaluate.mlflow_tracking_uri = (cfg.evaluate.mlflow_tracking_uri or cfg.train.mlflow_tracking_uri
+                                            or default_tracking_uri(out["train"]))
+        evaluate(out["captioned"], out["evaluate"], cfg, [f"biocap={cfg.train.model}:{export}"],
+                 held_out=cfg.train.val_fraction > 0)
+    scores = json.loads(storage.read_bytes(storage.join(out["evaluate"], "metrics.json")))["models"]["biocap"]
 
     return {
         "records": data.records,
@@ -59,7 +73,11 @@ def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool =
         "context_levels": captions["context_levels"],
         "train_steps": trained["steps"],
         "train_loss": trained["final_loss"],
-        "model_export": trained["export"],
+        "model_export": storage.redact(export),
+        "zero_shot_top1": scores["zero_shot"]["top1"],
+        "zero_shot_top5": scores["zero_shot"]["top5"],
+        "retrieval_mean_recall": scores.get("retrieval", {}).get("mean_recall"),
+        "report": storage.redact(storage.join(out["evaluate"], "report.md")),
         "mlflow_tracking_uri": trained["mlflow_tracking_uri"],
         "outputs": {k: storage.redact(v) for k, v in out.items()},
     }

@@ -70,6 +70,11 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (for other processes and nodes); s3:// URIs unchanged."""
+    return uri if is_s3(uri) else os.path.abspath(uri)
+
+
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound

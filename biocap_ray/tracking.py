@@ -12,7 +12,10 @@ _SECRET_KEY = re.compile(r"(secret|token|password|access_key|credential)", re.IG
 
 
 def default_tracking_uri(output_uri: str) -> str:
-    """Embedded default: a sqlite file beside a local output, else one in the working directory."""
+    """``MLFLOW_TRACKING_URI`` when set (a cluster's tracking server), else embedded: a sqlite
+    file beside a local output, or one in the working directory for s3:// outputs."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     if storage.is_s3(output_uri):
         return f"sqlite:///{os.path.abspath('mlflow.db')}"
     os.makedirs(os.path.abspath(output_uri), exist_ok=True)

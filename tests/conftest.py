@@ -109,3 +109,29 @@ def bad_images() -> dict[str, bytes]:
     Image.new("1", (20_000, 20_000)).save(buf, format="PNG")  # 400 Mpx declared, tiny file
     out["bomb.png"] = buf.getvalue()
     return out
+
+
+def sample_subset(root: Path, n: int, captions: bool = False, corrupt: int = 0) -> Path:
+    """A folder + metadata.csv with the first ``n`` sample images (optionally a unique caption
+    each, and ``corrupt`` extra rows whose image file is not an image)."""
+    import csv
+    import shutil
+
+    if root.exists():
+        return root
+    (root / "images").mkdir(parents=True)
+    rows = list(csv.DictReader(open(SAMPLE / "metadata.csv")))[:n]
+    for r in rows:
+        shutil.copy(SAMPLE / r["file"], root / r["file"])
+    for i in range(corrupt):
+        row = dict(rows[i], file=f"images/corrupt_{i}.jpg")
+        (root / row["file"]).write_bytes(b"this is not an image at all" * 10)
+        rows.append(row)
+    if captions:
+        for i, r in enumerate(rows):
+            r["caption"] = f"A {r['common_name'] or r['scientific_name']} photographed, number {i}."
+    with open(root / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root

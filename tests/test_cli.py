@@ -22,7 +22,8 @@ def _run(*args, timeout=600):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["data", "convert", "--help"],
-                                  ["data", "inspect", "--help"], ["pipeline", "--help"]])
+                                  ["data", "inspect", "--help"], ["evaluate", "--help"], ["tune", "--help"],
+                                  ["pipeline", "--help"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(argv)
@@ -55,7 +56,14 @@ def test_pipeline_job_runs_end_to_end_and_resumes(tmp_path):
     assert summary["records"] == 97 and summary["ingest_errors"] == 0 and summary["classes"] == 14
     assert summary["captions_written"] == 97 and summary["caption_errors"] == 0
     assert summary["train_steps"] > 0 and summary["train_loss"] > 0
-    assert Path(summary["model_export"]).exists()
+    assert Path(summary["model_export"], "open_clip_label.safetensors").exists()
+    assert 0 <= summary["zero_shot_top1"] <= summary["zero_shot_top5"] <= 1
+    assert "## Comparison" in Path(summary["report"]).read_text()
+    import mlflow
+
+    mlflow.set_tracking_uri(summary["mlflow_tracking_uri"])
+    stages = {r.data.tags.get("stage") for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    assert {"train", "evaluate"} <= stages
     assert "ranks present    kingdom=97" in first.stdout
     shards = sorted(p.name for p in (out / "shards").glob("*.tar"))
     assert shards

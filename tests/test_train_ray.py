@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -17,13 +18,13 @@ import torch
 
 from biocap_ray.config import load_config
 from biocap_ray.train.run import train
-from conftest import SAMPLE
+from conftest import sample_subset
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def tiny(*extra: str):
-    return load_config("local", ["train.batch_size=8", "data.batch_size=8", *extra])
+    return load_config("local", ["train.batch_size=8", "data.batch_size=8", "train.val_fraction=0", *extra])
 
 
 def losses(out: Path, run: str) -> list[tuple[int, float]]:
@@ -39,32 +40,31 @@ def test_it_learns(tmp_path):
     """One fixed global batch of 16 images, seen 30 times: the loss must fall well below chance."""
     chance = math.log(16)
     out = tmp_path / "out"
-    cfg = tiny("train.epochs=30", "train.lr=0.002", "train.checkpoint_every=30", "train.caption_weight=0.3",
-               "train.cache_dataset=true")
-    result = train(str(_subset(tmp_path, 16)), str(out), cfg, run_name="learn")
+    data = _subset(tmp_path, 16)
+    cfg = tiny("train.epochs=30", "train.lr=0.002", "train.checkpoint_every=10", "train.caption_weight=0.3",
+               "train.cache_dataset=true", f"train.val_data={data}", "evaluate.templates=photo")
+    result = train(str(data), str(out), cfg, run_name="learn")
     history = losses(out, "learn")
     assert result["steps"] == 30 and len(history) == 30
     first, last = sum(v for _, v in history[:3]) / 3, sum(v for _, v in history[-3:]) / 3
     assert first > 0.8 * chance and last < 0.5 * first, history
     assert (out / "export" / "learn" / "open_clip_label.safetensors").exists()
 
+    # validated at every checkpoint; the best one is kept by Ray Train and exported
+    run = mlflow.search_runs(experiment_names=["biocap"], output_format="list")[0]
+    val = sorted((m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_top1"))
+    assert [s for s, _ in val] == [10, 20, 30], val
+    assert result["best_val_top1"] == max(v for _, v in val) and result["val_top1"] == val[-1][1]
+    print("validation top-1 while learning:", val)
+    best_step = next(s for s, v in val if v == result["best_val_top1"])
+    meta = json.loads(open(os.path.join(result["best_checkpoint"], "meta.json")).read())
+    assert meta["step"] == best_step
+    assert (out / "export" / "learn" / "best" / "open_clip_label.safetensors").exists()
+    assert run.data.tags["best_step"] == str(best_step)
+
 
 def _subset(tmp_path: Path, n: int) -> Path:
-    import csv
-    import shutil
-
-    root = tmp_path / f"data{n}"
-    if root.exists():
-        return root
-    (root / "images").mkdir(parents=True)
-    rows = list(csv.DictReader(open(SAMPLE / "metadata.csv")))[:n]
-    for r in rows:
-        shutil.copy(SAMPLE / r["file"], root / r["file"])
-    with open(root / "metadata.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return root
+    return sample_subset(tmp_path / f"data{n}", n)
 
 
 def test_rerun_resumes_from_the_latest_checkpoint_in_joint_mode(tmp_path):

@@ -83,13 +83,27 @@ class Taxon:
         out["common_name"] = self.common_name
         return out
 
-    def text(self, text_type: str) -> str:
-        """One BioCLIP text type, e.g. ``sci`` → ``a photo of Acinonyx jubatus.``"""
+    def name(self, text_type: str) -> str | None:
+        """The bare name in one text type (``Acinonyx jubatus``), for prompt templates."""
         try:
-            body = _BUILDERS[text_type](self)
+            return _BUILDERS[text_type](self)
         except KeyError:
             raise ValueError(f"unknown text type {text_type!r}; known: {', '.join(TEXT_TYPES)}") from None
+
+    def text(self, text_type: str) -> str:
+        """One BioCLIP text type, e.g. ``sci`` → ``a photo of Acinonyx jubatus.``"""
+        body = self.name(text_type)
         return f"{_PREFIX}{body}." if body else ""
+
+    def key(self) -> tuple[str | None, ...]:
+        """Identity of the taxon: its seven ranks (the common name is not part of it)."""
+        return tuple(self.rank(r) for r in RANKS)
+
+    def truncated(self, rank: str) -> Taxon:
+        """The ancestor at ``rank`` (itself when it is labelled above that rank)."""
+        keep = RANKS[: RANKS.index(rank) + 1]
+        cut = {("class_" if r == "class" else r): (self.rank(r) if r in keep else None) for r in RANKS}
+        return Taxon(**cut, common_name=self.common_name if self.label_rank in keep else None)
 
     def texts(self) -> dict[str, str]:
         return {t: self.text(t) for t in TEXT_TYPES}

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from biocap_ray.train.model import BioCAPModel
 
+STATE_FILE = "state.pt"  # the full training state inside each Ray Train checkpoint
 LABEL_FILE = "open_clip_label.safetensors"
 CAPTION_FILE = "open_clip_caption.safetensors"
 

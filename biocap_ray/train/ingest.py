@@ -4,6 +4,7 @@ Ray Data tasks (so GPU workers only train), fed to workers with ``iter_torch_bat
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +15,8 @@ from biocap_ray.train.objective import TEXT_CHOICES
 
 
 @functools.lru_cache(maxsize=2)
-def _tools(model: str, is_train: bool):
+def tools_for(model: str, is_train: bool):
+    """(image transform, tokenizer) of an open_clip architecture, cached per process."""
     import open_clip
 
     from biocap_ray.train.model import register_model_configs
@@ -28,10 +30,19 @@ def _tools(model: str, is_train: bool):
     return transform, open_clip.get_tokenizer(model)
 
 
+def image_size(model: str) -> int:
+    from biocap_ray.train.model import register_model_configs
+    import open_clip
+
+    register_model_configs()
+    size = open_clip.get_model_config(model)["vision_cfg"]["image_size"]
+    return size if isinstance(size, int) else size[0]
+
+
 def training_rows(batch: pa.Table, model: str, fallback: str, max_pixels: int, is_train: bool = True) -> dict:
     """Decode (the data layer's safe decoder) + augment with open_clip's transforms; tokenise every
     text type (caption last)."""
-    transform, tokenizer = _tools(model, is_train)
+    transform, tokenizer = tools_for(model, is_train)
     images, texts, has_caption, uids = [], [], [], []
     for row in batch.to_pylist():
         if row.get("error"):
@@ -42,20 +53,31 @@ def training_rows(batch: pa.Table, model: str, fallback: str, max_pixels: int, i
         texts.extend([taxon.text(t) for t in TEXT_CHOICES[:-1]] + [caption or taxon.text(fallback)])
         has_caption.append(bool(caption))
         uids.append(row["uid"])
-    if not uids:  # a batch of error rows only
-        return {"image": np.zeros((0, 3, 1, 1), np.float32), "tokens": np.zeros((0, len(TEXT_CHOICES), 1), np.int64),
-                "has_caption": np.zeros(0, bool)}
+    if not uids:  # a batch of error rows only: empty, but shaped like the others so batches concatenate
+        size, context = image_size(model), tokenizer.context_length
+        return {"image": np.zeros((0, 3, size, size), np.float32),
+                "tokens": np.zeros((0, len(TEXT_CHOICES), context), np.int64), "has_caption": np.zeros(0, bool)}
     tokens = tokenizer(texts).numpy().reshape(len(uids), len(TEXT_CHOICES), -1)
     return {"image": np.stack(images).astype(np.float32), "tokens": tokens.astype(np.int64),
             "has_caption": np.array(has_caption)}
 
 
+def is_held_out(uid: str, fraction: float) -> bool:
+    """Whether a uid belongs to the validation split: a pure function of the uid, so the split
+    is the same on every run, worker and resume."""
+    return int.from_bytes(hashlib.sha1(uid.encode()).digest()[:4], "little") < fraction * 2**32
+
+
 def training_dataset(src: str, cfg, is_train: bool = True):
-    """The Ray Dataset a training (or validation) run consumes."""
+    """The Ray Dataset a training run consumes (without the held-out validation uids)."""
     from biocap_ray.data import readers
 
     t = cfg.train
-    return readers.read_records(src, cfg.data).map_batches(
+    ds = readers.read_records(src, cfg.data)
+    if t.val_fraction and not t.val_data:
+        fraction = t.val_fraction
+        ds = ds.filter(lambda r: not is_held_out(r["uid"], fraction), num_cpus=t.data_cpus_per_task)
+    return ds.map_batches(
         training_rows,
         fn_kwargs={"model": t.model, "fallback": t.caption_fallback, "max_pixels": cfg.data.max_image_pixels,
                    "is_train": is_train},

@@ -15,11 +15,14 @@ import time
 import torch
 from torch import nn
 
+from biocap_ray import storage
 from biocap_ray.config import Config
+from biocap_ray.train.export import STATE_FILE
 from biocap_ray.train.model import BioCAPModel, build_model
 from biocap_ray.train.objective import LABEL_TYPES, TEXT_CHOICES, label_text_type, sample_probabilities, sample_text_type
 
-STATE_FILE = "state.pt"
+
+VAL_METRIC = "val_top1"  # what picks the best checkpoint and what sweeps stop early on
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -70,7 +73,8 @@ def _restore(unwrapped, optimizer, scheduler) -> dict:
 
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
-        return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "mlflow_run_id": None, "restored": False}
+        return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "mlflow_run_id": None, "best_val": None,
+                "restored": False}
     with checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
         meta = json.loads(open(os.path.join(d, "meta.json")).read())
@@ -97,6 +101,7 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
 
     from biocap_ray.train.tracking import RankZeroTracker
+    from biocap_ray.train.validation import validate
 
     cfg = Config.model_validate(config["cfg"])
     t = cfg.train
@@ -115,7 +120,11 @@ def train_loop(config: dict) -> None:
     loss_fn = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
     scaler = torch.amp.GradScaler(enabled=t.precision == "fp16" and device.type == "cuda")
-    tracker = RankZeroTracker(cfg, config["run_name"], config["tracking_uri"], state.get("mlflow_run_id"), rank)
+    tracker = RankZeroTracker(cfg, config["run_name"], config["tracking_uri"], state.get("mlflow_run_id"), rank,
+                              parent_run_id=config.get("parent_run_id"))
+    classes = config.get("val_classes")
+    val_shard = ray.train.get_dataset_shard("val") if classes else None
+    best_val = state.get("best_val")
 
     step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
     restored_from = state["step"] if state["restored"] else -1
@@ -167,8 +176,16 @@ def train_loop(config: dict) -> None:
                     window = {"samples": 0, "captioned": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
                     losses = {}
                 if step % t.checkpoint_every == 0 or step == total_steps:
+                    if val_shard is not None:  # validate at every checkpoint; Ray Train keeps the best
+                        val = validate(unwrapped, val_shard, classes, cfg, device)
+                        tracker.log(val, step)
+                        metrics = {**(metrics or {"step": step, "restored_from_step": restored_from}), **val}
+                        if best_val is None or val.get(VAL_METRIC, 0) > best_val:
+                            best_val = val.get(VAL_METRIC, 0)
+                            tracker.export(unwrapped, storage.join(config["export_uri"], "best"),
+                                           {"best_step": step, f"best_{VAL_METRIC}": best_val})
                     meta = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                            "mlflow_run_id": tracker.run_id}
+                            "mlflow_run_id": tracker.run_id, "best_val": best_val}
                     ckpt_dir = _checkpoint_dir(unwrapped, optimizer, scheduler, meta) if rank == 0 else None
                     # Ray Train reports synchronise all workers (seconds each): only with checkpoints;
                     # per-step metrics go straight to MLflow from rank 0.

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class RankZeroTracker:
-    def __init__(self, cfg, run_name: str, tracking_uri: str, run_id: str | None, rank: int):
+    def __init__(self, cfg, run_name: str, tracking_uri: str, run_id: str | None, rank: int,
+                 parent_run_id: str | None = None):
         self.rank, self.run_id = rank, run_id
         if rank != 0:
             return
@@ -28,8 +29,10 @@ class RankZeroTracker:
             found = mlflow.search_runs(filter_string=f"tags.biocap_run = '{run_name}'", max_results=1,
                                        output_format="list")
             run_id = found[0].info.run_id if found else None
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
-                               tags={"biocap_run": run_name, "stage": "train"})
+        tags = {"biocap_run": run_name, "stage": "train"}
+        if parent_run_id:  # a sweep's trial: nested under the sweep's run
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
         self.run_id = run.info.run_id
         if run_id is None:
             params = flatten(cfg.model_dump(mode="json"))
@@ -42,18 +45,26 @@ class RankZeroTracker:
 
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
-    def finish(self, model, export_uri: str) -> None:
-        """Rank 0 exports the open_clip checkpoint(s) and logs them as artifacts."""
+    def export(self, model, export_uri: str, tags: dict | None = None) -> None:
+        """Rank 0 writes the open_clip checkpoint(s) to ``export_uri`` and logs them as artifacts."""
         if self.rank != 0:
             return
         import mlflow
 
         from biocap_ray.train.export import export
 
+        folder = export_uri.rstrip("/").rsplit("/", 1)[-1]
         with tempfile.TemporaryDirectory() as d:
-            files = export(model, d)
-            for f in files:
+            for f in export(model, d):
                 storage.write_bytes(storage.join(export_uri, os.path.basename(f)), open(f, "rb").read())
-                mlflow.log_artifact(f, artifact_path="export")
-        mlflow.set_tag("export_uri", storage.redact(export_uri))
+                mlflow.log_artifact(f, artifact_path=f"export/{folder}")
+        mlflow.set_tags({k: str(v) for k, v in (tags or {}).items()})
+
+    def finish(self, model, export_uri: str) -> None:
+        """The final model's export; ends the MLflow run."""
+        if self.rank != 0:
+            return
+        import mlflow
+
+        self.export(model, export_uri, {"export_uri": storage.redact(export_uri)})
         mlflow.end_run()

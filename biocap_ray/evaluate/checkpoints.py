@@ -1,0 +1,81 @@
+"""Which model to evaluate: any open_clip checkpoint, a BioCAP export, or a training checkpoint.
+
+A spec names the open_clip architecture and its weights, optionally with a display name:
+``[name=]ARCH[:WEIGHTS]`` — e.g. ``clip=ViT-B-16:/models/openai.pt``,
+``biocap-tiny:outputs/demo/train/export/pipeline`` or ``ViT-B-16`` (random weights).
+WEIGHTS (local or s3://) may be an open_clip checkpoint file, a BioCAP export folder (label
+and caption projectors) or a Ray Train checkpoint folder of a BioCAP run (``state.pt``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from biocap_ray import storage
+from biocap_ray.train.export import CAPTION_FILE, LABEL_FILE, STATE_FILE
+from biocap_ray.train.model import BioCAPModel, build_model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    arch: str
+    weights: str | None
+
+    @classmethod
+    def parse(cls, spec: str) -> ModelSpec:
+        name, sep, rest = spec.partition("=")
+        if not sep:
+            name, rest = "", spec
+        if rest.startswith("hf-hub:"):  # the hub id is the architecture and carries its weights
+            return cls(name or rest, rest, None)
+        arch, _, weights = rest.partition(":")
+        if not arch:
+            raise ValueError(f"model spec {spec!r}: expected [name=]ARCH[:WEIGHTS]")
+        shown = weights.rstrip("/").rsplit("/", 1)[-1] if weights else "random"
+        return cls(name or f"{arch}:{shown}", arch, weights or None)
+
+
+def load_model(spec: ModelSpec, seed: int = 0) -> tuple[BioCAPModel, object]:
+    """(model in eval mode, open_clip tokenizer). Random weights are seeded, so runs repeat."""
+    from biocap_ray.caption.prepare import resolve_model
+
+    weights = resolve_model(spec.weights) if spec.weights else None
+    if weights and os.path.isdir(weights):
+        if os.path.exists(os.path.join(weights, STATE_FILE)):
+            model, tokenizer = _from_training_state(spec.arch, os.path.join(weights, STATE_FILE))
+        elif os.path.exists(os.path.join(weights, LABEL_FILE)):
+            model, tokenizer = _from_export(spec.arch, weights)
+        else:
+            raise FileNotFoundError(
+                f"{storage.redact(spec.weights)}: neither a BioCAP export ({LABEL_FILE}) nor a training checkpoint"
+                f" ({STATE_FILE})"
+            )
+    else:
+        torch.manual_seed(seed)
+        model, _, _, tokenizer = build_model(spec.arch, weights, dual_projector=False)
+    return model.eval(), tokenizer
+
+
+def _from_export(arch: str, folder: str):
+    from safetensors.torch import load_file
+
+    caption = os.path.join(folder, CAPTION_FILE)
+    dual = os.path.exists(caption)
+    model, _, _, tokenizer = build_model(arch, os.path.join(folder, LABEL_FILE), dual_projector=dual)
+    if dual:
+        state = load_file(caption)
+        with torch.no_grad():
+            model.caption_proj.copy_(state["visual.proj"])
+            model.caption_logit_scale.copy_(state["logit_scale"])
+    return model, tokenizer
+
+
+def _from_training_state(arch: str, path: str):
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    model, _, _, tokenizer = build_model(arch, None, dual_projector="caption_proj" in state)
+    model.load_state_dict(state)
+    return model, tokenizer
