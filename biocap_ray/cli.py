@@ -128,9 +128,10 @@ def _cmd_tune(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace, cfg: Config) -> int:
-    from biocap_ray.pipeline import run_pipeline
+    from biocap_ray.pipeline import render, run_pipeline
 
     result = run_pipeline(cfg, args.input, args.output, overwrite=args.overwrite)
+    print(render(result))
     return _summary(result)
 
 

@@ -11,6 +11,7 @@ from biocap_ray.config import Config
 from biocap_ray.tracking import default_tracking_uri
 
 log = logging.getLogger(__name__)
+SUMMARY = "_stage_summary.json"  # underscore: readers of the stage's output skip it
 
 
 def _stage(name: str, output: str, overwrite: bool) -> bool:
@@ -20,6 +21,18 @@ def _stage(name: str, output: str, overwrite: bool) -> bool:
         return True
     log.info("%s: %s exists, skipping", name, storage.redact(output))
     return False
+
+
+def _finished_or(output: str, overwrite: bool, run) -> dict:
+    """A resumable stage: run it (it picks up where it stopped) unless it finished before, in
+    which case its recorded summary is returned."""
+    marker = storage.join(output, SUMMARY)
+    if not overwrite and storage.exists(marker):
+        log.info("%s finished before, skipping", storage.redact(output))
+        return json.loads(storage.read_bytes(marker))
+    summary = run()
+    storage.write_bytes(marker, json.dumps(summary, default=str).encode())
+    return summary
 
 
 def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool = False) -> dict:
@@ -47,10 +60,12 @@ def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool =
     cfg = cfg.model_copy(deep=True)
     cfg.caption.context_uri = cfg.caption.context_uri or out["context"]
 
-    captions = caption(out["shards"], out["captions"], cfg, src_format="webdataset")  # resumes by itself
+    # caption and train resume by themselves when interrupted; once finished, their summary is kept
+    captions = _finished_or(out["captions"], overwrite,
+                            lambda: caption(out["shards"], out["captions"], cfg, src_format="webdataset"))
     if _stage("merge", out["captioned"], overwrite):
         merge_captions(out["shards"], out["captions"], out["captioned"], cfg, overwrite=overwrite)
-    trained = train(out["captioned"], out["train"], cfg, run_name="pipeline")  # resumes by itself
+    trained = _finished_or(out["train"], overwrite, lambda: train(out["captioned"], out["train"], cfg, "pipeline"))
     export = storage.join(out["train"], "export", "pipeline")
     if trained.get("best_export"):
         export = storage.join(export, "best")
@@ -81,3 +96,21 @@ def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool =
         "mlflow_tracking_uri": trained["mlflow_tracking_uri"],
         "outputs": {k: storage.redact(v) for k, v in out.items()},
     }
+
+
+def render(summary: dict) -> str:
+    """The end-of-run summary for people (the JSON line after it is for schedulers)."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    return "\n".join([
+        "pipeline finished",
+        f"  images      {summary['records']} ({summary['ingest_errors']} ingest errors, {summary['classes']} classes)",
+        f"  captions    {summary['captions_written']} written, QC pass rate {pct(summary['qc_pass_rate'])},"
+        f" {summary['caption_errors']} errors",
+        f"  training    {summary['train_steps']} steps, final loss {summary['train_loss']}",
+        f"  zero-shot   top-1 {pct(summary['zero_shot_top1'])}, top-5 {pct(summary['zero_shot_top5'])};"
+        f" retrieval mean recall {pct(summary['retrieval_mean_recall'])}",
+        f"  report      {summary['report']}",
+        f"  MLflow      {summary['mlflow_tracking_uri']}  (mlflow ui --backend-store-uri <that URI>)",
+    ])

@@ -153,6 +153,7 @@ def test_evaluate_matches_open_clip_and_a_brute_force_argmax(tmp_path):
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId")]
     assert sorted(r.data.tags["model"] for r in children) == ["biocap-tiny:random", "mine"]
     assert {r.data.metrics["top1"] for r in children if r.data.tags["model"] == "mine"} == {got["zero_shot"]["top1"]}
+    assert list((out / "mlartifacts").rglob("report.md"))  # artifacts beside the embedded store
 
 
 @pytest.mark.slow
@@ -176,3 +177,18 @@ def test_evaluate_at_a_chosen_rank_on_s3(tmp_path, s3_bucket):
     assert "acc_species" not in zs and zs["n_genus"] > 0
     genera = {r["genus"] for r in csv.DictReader(open(data / "metadata.csv")) if r["genus"]}
     assert zs["classes"] >= len(genera)
+
+
+def test_benchmark_layouts_with_filepath_and_a_class_column_give_as_is_classes(tmp_path):
+    from biocap_ray.data.readers import read_metadata
+
+    (tmp_path / "meta.csv").write_text("filepath,classname\na/1.jpg,Puma concolor\na/2.jpg,Puma concolor\n"
+                                       "b/3.jpg,Lynx rufus\n")
+    rows = read_metadata(str(tmp_path / "meta.csv")).to_pylist()
+    assert [r["file"] for r in rows] == ["a/1.jpg", "a/2.jpg", "b/3.jpg"]
+    classes = ClassSet.build(rows, "as-is")
+    assert classes.names == ["Lynx rufus", "Puma concolor"]
+    assert [t.genus for t in classes.taxa] == ["Lynx", "Puma"]
+    (tmp_path / "bad.csv").write_text("image,kind\nx.jpg,cat\n")
+    with pytest.raises(ValueError, match="bad.csv: missing column 'file'"):
+        read_metadata(str(tmp_path / "bad.csv"))

@@ -102,7 +102,8 @@ def ray_head():
     token_file = tmp / "auth_token"
     token_file.write_text(token)
     token_file.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # not this process's Ray or MLflow settings (MLflow's set_tracking_uri exports its URI)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     head_env = {**env, "BIOCAP_OUTPUT": HEAD_OUTPUT}  # a variable only the head has, as on a cluster
@@ -233,7 +234,9 @@ def test_caption_job_writes_one_caption_row_per_uid(ray_head, tiny_data, tmp_pat
     from biocap_ray.caption import outputs
 
     dst = tmp_path / "captions"
+    # the transformers engine: vLLM runs through `ray job submit` in the pipeline job below
     code, out = submit(ray_head, "jobs/caption.py", str(tiny_data), str(dst), "--config", "local",
+                       "--set", "caption.engine=transformers",
                        "--set", "caption.rows_per_file=4", "--set", "caption.batch_size=4",
                        "--set", "caption.sampling.max_tokens=8", "--set", "data.batch_size=4",
                        submission_id="caption")
@@ -246,15 +249,22 @@ def test_caption_job_writes_one_caption_row_per_uid(ray_head, tiny_data, tmp_pat
     assert summary["images"] == 6 and summary["captioned"] + summary["errors"] == 6
 
 
-def test_train_job_exports_a_checkpoint_and_tracks_the_run_in_mlflow(ray_head, tiny_data, tmp_path):
-    from mlflow.tracking import MlflowClient
-    from safetensors.torch import load_file
-
-    out_dir = tmp_path / "train"
+@pytest.fixture(scope="module")
+def trained(ray_head, tiny_data, tmp_path_factory) -> tuple[Path, int, str]:
+    """The train job, run once for the tests that need its outputs."""
+    out_dir = tmp_path_factory.mktemp("train") / "train"
     code, out = submit(ray_head, "jobs/train.py", str(tiny_data), str(out_dir), "--name", "job",
                        "--config", "local", "--set", "train.max_steps=2", "--set", "train.batch_size=2",
                        "--set", "train.checkpoint_every=2", "--set", "train.val_fraction=0",
                        "--set", "data.batch_size=4", submission_id="train")
+    return out_dir, code, out
+
+
+def test_train_job_exports_a_checkpoint_and_tracks_the_run_in_mlflow(ray_head, trained):
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+
+    out_dir, code, out = trained
     assert code == 0, out[-4000:]
     export = out_dir / "export" / "job" / "open_clip_label.safetensors"
     assert export.exists() and load_file(str(export)), "an exported open_clip state dict"
@@ -285,7 +295,106 @@ def test_a_bad_config_fails_fast_with_a_message_naming_it(ray_head, tiny_data, t
     assert not (tmp_path / "never").exists(), "nothing is written before the config is valid"
 
 
-# Jobs of the other stages join here, against the same `ray_head`:
-#   - jobs/evaluate.py (zero-shot + retrieval of the train job's export)
-#   - jobs/tune.py (a two-trial sweep of the caption-to-label weighting)
-#   - jobs/pipeline.py (end to end on the tiny set, then resumed)
+def test_evaluate_job_compares_the_trained_export_with_random_weights(ray_head, tiny_data, trained, tmp_path):
+    out_dir, code, _ = trained
+    assert code == 0
+    dst = tmp_path / "eval"
+    code, out = submit(ray_head, "jobs/evaluate.py", str(tiny_data), str(dst), "--config", "local",
+                       "--model", f"trained=biocap-tiny:{out_dir / 'export' / 'job'}", "--model", "biocap-tiny",
+                       "--set", "evaluate.templates=photo", submission_id="evaluate")
+    assert code == 0, out[-4000:]
+    summary = last_json(job_logs(ray_head, "evaluate"))
+    assert set(summary["models"]) == {"trained", "biocap-tiny:random"}
+    assert all(m["n"] == 6 for m in summary["models"].values())
+    assert "| trained |" in (dst / "report.md").read_text() and (dst / "accuracy_by_rank.png").exists()
+
+
+def _mlflow_runs(db: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    if not db.exists():
+        return []
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("biocap-tune")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_tune_job_interrupted_resumes_its_unfinished_trial(ray_head, tiny_data, tmp_path):
+    """Stop the sweep job once its first trial has finished; the resubmitted job keeps that
+    trial and finishes the other one: two trials, each trained once."""
+    import threading
+
+    out_dir = tmp_path / "sweep"
+    args = ["jobs/tune.py", str(tiny_data), str(out_dir), "--config", "local", "--name", "w",
+            "--set", "tune.space={train.caption_weight: {grid: [0.0, 0.5]}}", "--set", "tune.early_stopping=false",
+            "--set", "train.batch_size=2", "--set", "train.epochs=2", "--set", "train.checkpoint_every=2",
+            "--set", f"train.val_data={tiny_data}", "--set", "train.val_fraction=0",
+            "--set", "evaluate.templates=photo", "--set", "data.batch_size=4"]
+    stopped: list[bool] = []
+
+    def stop_after_first_trial():
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if any(r.info.status == "FINISHED" and r.data.tags.get("mlflow.parentRunId")
+                   for r in _mlflow_runs(out_dir / "mlflow.db")):
+                stopped.append(_ray_cli(ray_head, "job", "stop", "tune-1").returncode == 0)
+                return
+            time.sleep(1)
+
+    watcher = threading.Thread(target=stop_after_first_trial, daemon=True)
+    watcher.start()
+    code, out = submit(ray_head, *args, submission_id="tune-1")
+    watcher.join()
+    assert stopped == [True], out[-3000:]
+    assert "was stopped" in _ray_cli(ray_head, "job", "status", "tune-1").stdout
+    children = [r for r in _mlflow_runs(out_dir / "mlflow.db") if r.data.tags.get("mlflow.parentRunId")]
+    finished = [r.info.run_id for r in children if r.info.status == "FINISHED"]
+    assert len(finished) == 1
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out_dir / 'mlflow.db'}")
+    before = client.get_metric_history(finished[0], "loss")
+
+    code, out = submit(ray_head, *args, submission_id="tune-2")
+    assert code == 0, out[-4000:]
+    summary = last_json(job_logs(ray_head, "tune-2"))
+    assert summary["trials"] == 2 and summary["failed_trials"] == 0
+    runs = _mlflow_runs(out_dir / "mlflow.db")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_parent_run"]]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    assert sorted(float(r.data.params["train.caption_weight"]) for r in children) == [0.0, 0.5]
+    # the finished trial was not trained again: its history is what it was before the stop
+    after = client.get_metric_history(finished[0], "loss")
+    assert [(m.step, m.value) for m in after] == [(m.step, m.value) for m in before] and after
+    assert (out_dir / "w-results.csv").read_text().count("completed") == 2
+
+
+def test_pipeline_job_runs_end_to_end_and_skips_what_exists(ray_head, tmp_path):
+    from conftest import sample_subset
+
+    data = sample_subset(tmp_path / "data", 12)
+    out_dir = tmp_path / "run"
+    args = ["jobs/pipeline.py", "--input", str(data), "--output", str(out_dir), "--config", "local",
+            "--set", "train.batch_size=2", "--set", "train.checkpoint_every=4", "--set", "evaluate.templates=photo"]
+    code, out = submit(ray_head, *args, submission_id="pipeline-1")
+    assert code == 0, out[-4000:]
+    summary = last_json(job_logs(ray_head, "pipeline-1"))
+    assert summary["records"] == 12 and summary["captions_written"] == 12 and summary["caption_errors"] == 0
+    assert summary["train_steps"] > 0 and summary["train_loss"] > 0 and 0 <= summary["qc_pass_rate"] <= 1
+    assert 0 <= summary["zero_shot_top1"] <= summary["zero_shot_top5"] <= 1
+    assert list((out_dir / "captions").glob("part-*.parquet"))
+    assert (Path(summary["model_export"]) / "open_clip_label.safetensors").exists()
+    assert "## Comparison" in Path(summary["report"]).read_text()
+    import mlflow
+
+    mlflow.set_tracking_uri(summary["mlflow_tracking_uri"])
+    stages = {r.data.tags.get("stage") for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    assert {"train", "evaluate"} <= stages
+
+    shards = sorted(p.name for p in (out_dir / "shards").glob("*.tar"))
+    code, out = submit(ray_head, *args, submission_id="pipeline-2")
+    assert code == 0, out[-4000:]
+    again = job_logs(ray_head, "pipeline-2")
+    assert again.count("exists, skipping") >= 4, again[-3000:]
+    assert sorted(p.name for p in (out_dir / "shards").glob("*.tar")) == shards
+    assert last_json(again)["zero_shot_top1"] == summary["zero_shot_top1"]

@@ -18,6 +18,7 @@ def test_the_sweep_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("BIOCAP_SWEEP_OUT", str(out))
     monkeypatch.delenv("BIOCAP_CLUSTER_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # exported by other tests' set_tracking_uri
     nb = nbformat.read(REPO / "notebooks" / "sweep.ipynb", as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
 

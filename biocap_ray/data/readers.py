@@ -3,7 +3,8 @@
 Formats
 - ``webdataset``: TreeOfLife-10M-style tar shards (``jpg``/``png``/``webp`` + text-type ``.txt`` keys,
   optional ``json`` metadata and ``caption.txt``);
-- ``folder``: a metadata CSV or Parquet (a ``file`` column of image paths relative to it, plus ranks);
+- ``folder``: a metadata CSV or Parquet (a ``file`` column of image paths relative to it, plus ranks,
+  or a single class-name column, as benchmark metadata has: see ``FILE_ALIASES``/``NAME_ALIASES``);
 - ``parquet``: Parquet files in the record schema (``uid`` + ``image`` bytes, other columns optional).
 
 Every reader yields :data:`~biocap_ray.data.schema.RECORD_SCHEMA` rows; problems with a single
@@ -35,6 +36,9 @@ KNOWN_SHARD_KEYS = frozenset(
     {"__key__", "__url__", "json", "caption.txt", "txt", "cls", *IMAGE_KEYS, *_TEXT_KEYS}
 )
 METADATA_NAMES = ("metadata.csv", "metadata.parquet", "metadata.tsv")
+# Other names benchmark metadata uses for the image path and for a single class-name column
+FILE_ALIASES = ("filepath", "file_path", "filename", "file_name", "image_path", "path")
+NAME_ALIASES = ("classname", "class_name", "label", "species_name", "taxon_name")
 
 
 def detect_format(uri: str) -> str:
@@ -190,11 +194,13 @@ def read_metadata(uri: str) -> pa.Table:
             )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise ValueError(f"{shown}: cannot parse metadata: {exc}") from None
+    table = _rename_first(table, FILE_ALIASES, "file")
+    table = _rename_first(table, NAME_ALIASES, "scientific_name")
     if "file" not in table.column_names:
         raise ValueError(f"{shown}: missing column 'file' (image path); found {', '.join(table.column_names)}")
     if not any(c in table.column_names for c in (*RANKS, "scientific_name")):
         raise ValueError(
-            f"{shown}: no taxonomy columns; need some of {', '.join((*RANKS, 'scientific_name'))}"
+            f"{shown}: no taxonomy columns; need some of {', '.join((*RANKS, 'scientific_name', *NAME_ALIASES))}"
         )
     if "uid" not in table.column_names:
         stems = [posixpath.splitext(posixpath.basename(f or ""))[0] for f in table.column("file").to_pylist()]
@@ -206,6 +212,16 @@ def read_metadata(uri: str) -> pa.Table:
     # rows of one class together: the caption prompt's static part then repeats back to back
     order = [c for c in ("class", "order", "family", "genus", "species") if c in table.column_names]
     return table.sort_by([(c, "ascending") for c in order]) if order else table
+
+
+def _rename_first(table: pa.Table, aliases: tuple[str, ...], name: str) -> pa.Table:
+    """Use the first alias present as ``name`` when ``name`` itself is absent."""
+    if name in table.column_names:
+        return table
+    found = next((a for a in aliases if a in table.column_names), None)
+    if found is None:
+        return table
+    return table.rename_columns([name if c == found else c for c in table.column_names])
 
 
 def _mark_duplicates(table: pa.Table) -> pa.Table:

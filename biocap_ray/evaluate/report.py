@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import os
 import textwrap
 
 from biocap_ray.data.taxonomy import RANKS
@@ -54,13 +53,8 @@ def markdown(results: dict[str, dict], setup: dict, pictures: dict[str, str]) ->
 
 
 def plot_ranks(results: dict[str, dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ranks = [r for r in RANKS if any(f"acc_{r}" in res.get("zero_shot", {}) for res in results.values())]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = subplots(figsize=(8, 4))
     width = 0.8 / max(len(results), 1)
     for i, (name, res) in enumerate(results.items()):
         zs = res.get("zero_shot", {})
@@ -71,31 +65,21 @@ def plot_ranks(results: dict[str, dict]) -> bytes:
     ax.set_ylim(0, 100)
     ax.set_title("Zero-shot accuracy at every rank")
     ax.legend(fontsize="small")
-    return _png(fig)
+    return png(fig)
 
 
 def plot_confusions(name: str, confusions: list[tuple[str, str, int]]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.4 * max(len(confusions), 1)))
+    fig, ax = subplots(figsize=(8, 0.5 + 0.4 * max(len(confusions), 1)))
     labels = [f"{_short(a)} → {_short(b)}" for a, b, _ in confusions][::-1]
     ax.barh(labels, [n for _, _, n in confusions][::-1])
     ax.set_xlabel("images")
     ax.set_title(f"Most frequent confusions ({name})")
-    return _png(fig)
+    return png(fig)
 
 
 def plot_retrieval(examples: list[dict]) -> bytes:
     """Each example: ``image`` (PIL), ``caption`` (its own), ``retrieved`` [(caption, is_own)]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(examples), 2, figsize=(10, 2.6 * len(examples)), squeeze=False,
+    fig, axes = subplots(len(examples), 2, figsize=(10, 2.6 * len(examples)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 3]})
     for (img_ax, txt_ax), ex in zip(axes, examples):
         img_ax.imshow(ex["image"])
@@ -105,7 +89,7 @@ def plot_retrieval(examples: list[dict]) -> bytes:
         text += [f"{'✓' if own else '✗'} {i + 1}. {_wrap(c)}" for i, (c, own) in enumerate(ex["retrieved"])]
         txt_ax.text(0, 1, "\n".join(text), va="top", fontsize=8, family="monospace")
     fig.suptitle("Image → caption retrieval examples")
-    return _png(fig)
+    return png(fig)
 
 
 def _short(text: str, n: int = 40) -> str:
@@ -116,7 +100,17 @@ def _wrap(text: str) -> str:
     return textwrap.shorten(text, 160).replace("\n", " ")
 
 
-def _png(fig) -> bytes:
+def subplots(*args, **kwargs):
+    """matplotlib figures without a display (jobs run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -124,7 +118,3 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
-
-
-def picture_name(title: str) -> str:
-    return os.path.basename(title.lower().replace(" ", "_").replace("→", "to")) + ".png"

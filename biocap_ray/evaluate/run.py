@@ -24,7 +24,7 @@ from biocap_ray.evaluate.classes import ClassSet, truth_taxon
 from biocap_ray.evaluate.embed import LABEL_COLUMNS, embed
 from biocap_ray.evaluate.checkpoints import ModelSpec
 from biocap_ray.evaluate.metrics import confusions, recall_at_k, zero_shot_metrics
-from biocap_ray.tracking import default_tracking_uri, flatten
+from biocap_ray.tracking import default_tracking_uri, flatten, use_experiment
 from biocap_ray.train.ingest import is_held_out
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,7 @@ def write_outputs(out: str, results: dict, setup: dict, errors: dict, examples: 
 def log_to_mlflow(tracking_uri: str, experiment: str, cfg: Config, results: dict, files: dict[str, bytes]) -> None:
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    use_experiment(tracking_uri, experiment)
     with mlflow.start_run(run_name="evaluate", tags={"stage": "evaluate"}):
         mlflow.log_params({k: v for k, v in flatten(cfg.evaluate.model_dump(mode="json"), "evaluate.").items()})
         with tempfile.TemporaryDirectory() as d:

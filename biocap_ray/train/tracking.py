@@ -10,7 +10,7 @@ import os
 import tempfile
 
 from biocap_ray import storage
-from biocap_ray.tracking import flatten
+from biocap_ray.tracking import flatten, use_experiment
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,7 @@ class RankZeroTracker:
             return
         import mlflow
 
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_experiment(cfg.train.experiment)
+        use_experiment(tracking_uri, cfg.train.experiment)
         if run_id is None:
             found = mlflow.search_runs(filter_string=f"tags.biocap_run = '{run_name}'", max_results=1,
                                        output_format="list")

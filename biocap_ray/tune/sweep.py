@@ -7,7 +7,6 @@ stay finished, unfinished ones continue (each from its own last Ray Train checkp
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import tempfile
@@ -15,7 +14,8 @@ import tempfile
 from biocap_ray import storage
 from biocap_ray.config import Config
 from biocap_ray.data.taxonomy import RANKS
-from biocap_ray.tracking import default_tracking_uri, flatten
+from biocap_ray.evaluate.report import png, subplots
+from biocap_ray.tracking import default_tracking_uri, flatten, use_experiment
 from biocap_ray.tune.space import concurrent_trials, param_space, scheduler, search_algorithm, trial_config
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,7 @@ def _parent_run(tracking_uri: str, cfg: Config, name: str) -> str:
     """The sweep's MLflow run: created once, found again when the sweep is restored."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(cfg.tune.experiment)
+    use_experiment(tracking_uri, cfg.tune.experiment)
     found = mlflow.search_runs(filter_string=f"tags.biocap_sweep = '{name}'", output_format="list", max_results=1)
     if found:
         return found[0].info.run_id
@@ -183,13 +182,8 @@ def log_results(rows: list[dict], cfg: Config, parent: str, out: str, name: str)
 
 def plot_accuracy(rows: list[dict], cfg: Config) -> bytes:
     """Top-1 (and accuracy at every rank) against the caption weighting, one line per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [k for k in ("val_top1", *(f"val_acc_{r}" for r in RANKS)) if any(k in r for r in rows)]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     for mode in sorted({str(r.get("train.mode") or cfg.train.mode) for r in rows}):
         mine = sorted((r for r in rows if str(r.get("train.mode") or cfg.train.mode) == mode),
                       key=lambda r: r.get("train.caption_weight", cfg.train.caption_weight))
@@ -201,8 +195,4 @@ def plot_accuracy(rows: list[dict], cfg: Config) -> bytes:
     ax.set_ylabel("validation zero-shot accuracy (%)")
     ax.set_title("Accuracy against the caption-to-label weighting")
     ax.legend(fontsize="x-small", ncol=2)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
