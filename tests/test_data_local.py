@@ -113,7 +113,7 @@ def test_inspect_reports_errors_ranks_classes_and_sizes(tmp_path, data_cfg):
 
 def test_missing_metadata_columns_and_bad_encoding_are_clear_errors(tmp_path, data_cfg):
     (tmp_path / "m1").mkdir()
-    (tmp_path / "m1" / "metadata.csv").write_text("path,genus\nimages/a.jpg,Corvus\n")
+    (tmp_path / "m1" / "metadata.csv").write_text("img,genus\nimages/a.jpg,Corvus\n")
     with pytest.raises(ValueError, match=r"metadata.csv: missing column 'file'"):
         readers.read_records(str(tmp_path / "m1"), data_cfg)
     (tmp_path / "m2").mkdir()

@@ -335,11 +335,14 @@ def test_tune_job_interrupted_resumes_its_unfinished_trial(ray_head, tiny_data, 
     def stop_after_first_trial():
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while time.monotonic() < deadline:
-            if any(r.info.status == "FINISHED" and r.data.tags.get("mlflow.parentRunId")
-                   for r in _mlflow_runs(out_dir / "mlflow.db")):
+            try:
+                runs = _mlflow_runs(out_dir / "mlflow.db")
+            except Exception:  # the job may be creating the database right now
+                runs = []
+            if any(r.info.status == "FINISHED" and r.data.tags.get("mlflow.parentRunId") for r in runs):
                 stopped.append(_ray_cli(ray_head, "job", "stop", "tune-1").returncode == 0)
                 return
-            time.sleep(1)
+            time.sleep(0.5)
 
     watcher = threading.Thread(target=stop_after_first_trial, daemon=True)
     watcher.start()
