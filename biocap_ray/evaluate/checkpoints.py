@@ -36,6 +36,8 @@ class ModelSpec:
         if not arch:
             raise ValueError(f"model spec {spec!r}: expected [name=]ARCH[:WEIGHTS]")
         shown = weights.rstrip("/").rsplit("/", 1)[-1] if weights else "random"
+        if weights and os.path.exists(weights):  # model actors do not share this process's directory
+            weights = os.path.abspath(weights)
         return cls(name or f"{arch}:{shown}", arch, weights or None)
 
 

@@ -44,6 +44,11 @@ def train(src: str, out: str, cfg: Config, run_name: str = "biocap", *, parent_r
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # workers write exports and read data from their own working directories: no relative paths
+    src, out = storage.absolute(src), storage.absolute(out)
+    if cfg.train.val_data:
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.val_data = storage.absolute(cfg.train.val_data)
     t = cfg.train
     records = readers.read_records(src, cfg.data)
     num = readers.count_records(src) or records.count()
