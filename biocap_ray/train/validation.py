@@ -16,7 +16,8 @@ from biocap_ray.data.images import ImageError, load_rgb
 from biocap_ray.evaluate.classes import ClassSet, truth_taxon
 from biocap_ray.evaluate.embed import zero_shot_weights
 from biocap_ray.evaluate.metrics import zero_shot_metrics
-from biocap_ray.train.ingest import image_size, is_held_out, tools_for
+from biocap_ray.evaluate.run import label_rows, read_split, taxonomy_rows
+from biocap_ray.train.ingest import image_size, tools_for
 
 TOPK = (1, 3, 5)
 
@@ -41,13 +42,9 @@ def validation_rows(batch: pa.Table, model: str, max_pixels: int, classes: Class
 
 
 def validation_dataset(src: str, cfg, classes: ClassSet):
-    from biocap_ray.data import readers
-
+    """``train.val_data``, else the uids of ``src`` that ``train.val_fraction`` holds out."""
     t, e = cfg.train, cfg.evaluate
-    ds = readers.read_records(src if not t.val_data else t.val_data, cfg.data)
-    if not t.val_data:
-        fraction = t.val_fraction
-        ds = ds.filter(lambda r: is_held_out(r["uid"], fraction), num_cpus=t.data_cpus_per_task)
+    ds = read_split(t.val_data or src, cfg, None if t.val_data else t.val_fraction)
     return ds.map_batches(
         validation_rows,
         fn_kwargs={"model": t.model, "max_pixels": cfg.data.max_image_pixels, "classes": classes, "rank": e.rank},
@@ -57,12 +54,8 @@ def validation_dataset(src: str, cfg, classes: ClassSet):
 
 def validation_classes(src: str, cfg) -> ClassSet:
     """Candidate classes: the taxa of the validation records (plus ``evaluate.taxonomy_uri``)."""
-    from biocap_ray.evaluate.run import label_rows, taxonomy_rows
-
     t, e = cfg.train, cfg.evaluate
-    rows = label_rows(t.val_data or src, cfg)
-    if not t.val_data:
-        rows = [r for r in rows if is_held_out(r["uid"], t.val_fraction)]
+    rows = label_rows(t.val_data or src, cfg, None if t.val_data else t.val_fraction)
     if not rows:
         raise ValueError(f"the validation split of {src} is empty: raise train.val_fraction or set train.val_data")
     return ClassSet.build(rows, e.text_type, e.rank, extra=taxonomy_rows(e.taxonomy_uri))
