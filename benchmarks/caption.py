@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from biocap_ray.caption.prepare import prepare_batch, resolve_model
+from biocap_ray.caption.prepare import prepare_batch
 from biocap_ray.caption.run import build_setup, caption
 from biocap_ray.config import load_config
 from biocap_ray.data import readers
@@ -49,41 +49,25 @@ def records_table(folder: Path, cfg) -> pa.Table:
     return pa.Table.from_pylist(readers.read_records(str(folder), cfg.data).take_all())
 
 
-def direct_transformers(table: pa.Table, cfg) -> float:
-    from biocap_ray.caption.transformers_engine import TransformersCaptioner
-
-    setup = build_setup(cfg)
-    engine = TransformersCaptioner(setup, cfg.caption.sampling.model_dump(), cfg.caption.dtype)
-    bs = cfg.caption.batch_size
-    start = time.perf_counter()
-    for i in range(0, table.num_rows, bs):
-        prepared = prepare_batch(table.slice(i, bs), setup)["prepared"]
-        engine(prepared)
-    return table.num_rows / (time.perf_counter() - start)
-
-
-def direct_vllm(table: pa.Table, cfg) -> float:
-    import numpy as np
-    from PIL import Image
-    from vllm import LLM, SamplingParams
-
+def direct(table: pa.Table, cfg) -> float:
+    """The engine actor class called in a plain loop: prepare a batch, generate, repeat."""
     c = cfg.caption
     os.environ.update(c.engine_env)  # e.g. the CPU backend's KV-cache size, as the pipeline's actors get it
     setup = build_setup(cfg)
-    llm = LLM(model=resolve_model(c.model), max_model_len=c.max_model_len, dtype=c.dtype,
-              max_num_seqs=c.batch_size, enable_prefix_caching=c.enable_prefix_caching,
-              limit_mm_per_prompt={"image": 1})
-    params = SamplingParams(temperature=c.sampling.temperature, top_p=c.sampling.top_p,
-                            max_tokens=c.sampling.max_tokens)
-    bs = c.batch_size
+    sampling = c.sampling.model_dump()
+    if c.engine == "vllm":
+        from biocap_ray.caption.vllm_engine import VLLMCaptioner
+
+        engine = VLLMCaptioner(setup, sampling, c)
+    else:
+        from biocap_ray.caption.transformers_engine import TransformersCaptioner
+
+        engine = TransformersCaptioner(setup, sampling, c.dtype)
     start = time.perf_counter()
-    for i in range(0, table.num_rows, bs):
-        p = prepare_batch(table.slice(i, bs), setup)["prepared"]
-        requests = [{"prompt": pr, "multi_modal_data": {"image": Image.fromarray(np.asarray(px, dtype=np.uint8))}}
-                    for pr, px in zip(p["prompt"], p["pixels"])]
-        llm.generate(requests, params, use_tqdm=False)
+    for i in range(0, table.num_rows, c.batch_size):
+        engine(prepare_batch(table.slice(i, c.batch_size), setup)["prepared"])
     rate = table.num_rows / (time.perf_counter() - start)
-    del llm
+    engine.unload()
     return rate
 
 
@@ -118,18 +102,18 @@ def main() -> None:
         cfg = load_config("local", [f"caption.engine={engine}", f"caption.batch_size={args.batch_size}",
                                     "caption.rows_per_file=16", "caption.max_attempts=1"])
         table = records_table(folder, cfg)
-        direct = direct_vllm(table, cfg) if engine == "vllm" else direct_transformers(table, cfg)
+        direct_rate = direct(table, cfg)
         end_to_end, steady = pipeline(folder, cfg)
-        rows.append((engine, args.images, direct, end_to_end, steady))
-        print(f"{engine}: direct {direct:.2f} img/s, pipeline {end_to_end:.2f} img/s end to end, "
+        rows.append((engine, args.images, direct_rate, end_to_end, steady))
+        print(f"{engine}: direct {direct_rate:.2f} img/s, pipeline {end_to_end:.2f} img/s end to end, "
               f"{steady or 0:.2f} steady", flush=True)
     ray.shutdown()
     shutil.rmtree(workdir)
 
     print(f"\n{'engine':<13}{'images':>7}{'direct img/s':>14}{'pipeline img/s':>16}{'steady img/s':>14}{'ratio':>7}")
-    for engine, n, direct, e2e, steady in rows:
-        ratio = (steady or e2e) / direct
-        print(f"{engine:<13}{n:>7}{direct:>14.2f}{e2e:>16.2f}{(steady or 0):>14.2f}{ratio:>7.2f}")
+    for engine, n, base, e2e, steady in rows:
+        ratio = (steady or e2e) / base
+        print(f"{engine:<13}{n:>7}{base:>14.2f}{e2e:>16.2f}{(steady or 0):>14.2f}{ratio:>7.2f}")
     print("\nratio = pipeline steady-state images/s ÷ direct loop images/s (same engine, model, images, batch)")
 
 

@@ -75,6 +75,13 @@ def ray_local(s3_endpoint):
     ray.shutdown()
 
 
+def ray_session_dir() -> str:
+    """This process's Ray session folder (logs of its workers and actors)."""
+    from ray._private.worker import global_worker
+
+    return global_worker.node.get_session_dir_path()
+
+
 @pytest.fixture
 def data_cfg():
     from biocap_ray.config import load_config

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +24,7 @@ from biocap_ray.caption.run import caption
 from biocap_ray.config import load_config
 from biocap_ray.context.build import import_context
 from biocap_ray.data import readers
-from conftest import REPO, SAMPLE
+from conftest import REPO, SAMPLE, ray_session_dir
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -101,22 +102,64 @@ def test_transformers_engine_captions_every_image_once_and_resumes(dataset, tmp_
     assert levels["columba_livia_npc91"] == "species" and levels["canis_lupus_npc81"] == "genus"
     assert levels["bos_taurus_npc19"] is None
     assert summary["errors"] == 1 and 0 <= summary["qc_pass_rate"] <= 1
-    assert summary["prefix_reuse_rate"] > 0  # several images share a class's static prompt
+    assert summary["prefix_cache_hit_rate"] is None and all(r["cached_tokens"] is None for r in good)
     files = sorted(os.listdir(dst))
     again = caption(str(dataset), dst, cfg)
     assert again["this_run_images"] == 0 and sorted(os.listdir(dst)) == files
 
 
-def test_vllm_engine_runs_the_same_pipeline(dataset, tmp_path):
-    cfg = cfg_for("vllm", tmp_path)
-    dst = str(tmp_path / "captions")
-    summary = caption(str(dataset), dst, cfg)
-    table = outputs.read_parts(dst).to_pylist()
-    assert sorted(r["uid"] for r in table) == sorted(p.stem for p in (dataset / "images").iterdir())
+def _engine_processes() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "VLLM::EngineCore"}
+
+
+def _actor_logs(needle: str) -> int:
+    """How often ``needle`` appears in the logs of this Ray session's workers and actors."""
+    logs = Path(ray_session_dir()) / "logs"
+    return sum(p.read_text(errors="ignore").count(needle) for p in logs.glob("worker-*"))
+
+
+ENGINE_READY = "init engine (profile, create kv cache"  # vLLM's own line when its engine has started
+
+
+def test_vllm_engine_runs_the_same_pipeline_and_survives_its_engine_dying(dataset, tmp_path):
+    """Long captions keep the engine busy; 3 s after it is ready, vLLM's engine process is killed.
+    The actor starts a new engine and retries the rows: every uid is captioned exactly once."""
+    cfg = cfg_for("vllm", tmp_path, "caption.batch_size=1", "caption.sampling.max_tokens=1500")
+    dst = tmp_path / "captions"
+    old, ready_before, died_before = _engine_processes(), _actor_logs(ENGINE_READY), _actor_logs("engine died")
+    killed: list[int] = []
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def kill_the_engine_midway():
+        while not done.wait(0.05):
+            seen.update(_engine_processes() - old)
+            if not killed and _actor_logs(ENGINE_READY) > ready_before:
+                time.sleep(3.0)  # the actor has its first images in the engine by now
+                for pid in seen:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+    watcher = threading.Thread(target=kill_the_engine_midway, daemon=True)
+    watcher.start()
+    try:
+        summary = caption(str(dataset), str(dst), cfg)
+    finally:
+        done.set()
+        watcher.join()
+    assert killed and seen - set(killed), "the engine must be killed midway and then started again"
+    assert _actor_logs("engine died") > died_before  # found dead by a generate call, not while starting
+    table = outputs.read_parts(str(dst)).to_pylist()
+    assert Counter(r["uid"] for r in table) == Counter(p.stem for p in (dataset / "images").iterdir())
     good = [r for r in table if not r["error"]]
-    assert good and all(r["engine"] == "vllm" and r["input_tokens"] > 20 and r["output_tokens"] >= 1 for r in good)
+    assert all(r["engine"] == "vllm" and r["input_tokens"] > 20 and r["output_tokens"] >= 1 for r in good)
     assert all(r["latency_s"] is not None and r["latency_s"] >= 0 for r in good)
-    assert summary["errors"] == 1 and summary["captioned"] == len(good)
+    assert summary["errors"] == 1 and summary["captioned"] == len(good) == len(table) - 1
+    # the instructions and a class's format examples come first, so later prompts hit the prefix cache
+    assert all(0 <= r["cached_tokens"] < r["input_tokens"] for r in good)
+    assert summary["prefix_cache_hit_rate"] > 0.2
 
 
 def test_qc_retry_regenerates_failures_and_merge_writes_caption_txt(dataset, tmp_path):

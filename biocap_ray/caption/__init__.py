@@ -1,6 +1,6 @@
 """Caption generation: records + species context → one faithful caption per image.
 
-``run.caption`` streams a dataset through a prompt-building stage, an engine (vLLM through
-``ray.data.llm``, or Hugging Face transformers in a Ray Data actor pool) and quality checks,
+``run.caption`` streams a dataset through a prompt-building stage, an engine (vLLM or Hugging
+Face transformers, one engine per actor of a Ray Data actor pool) and quality checks,
 and writes Parquet parts that a rerun resumes from. ``merge`` puts captions into shards.
 """

@@ -27,6 +27,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("prefix_key", pa.string()),
         ("input_tokens", pa.int32()),
         ("output_tokens", pa.int32()),
+        ("cached_tokens", pa.int32()),
         ("latency_s", pa.float32()),
         ("attempt", pa.int16()),
         ("error", pa.string()),
@@ -75,7 +76,7 @@ def read_parts(folder: str, columns: list[str] | None = None) -> pa.Table:
             log.warning("skipping unreadable caption part %s: %s", path, exc)
     if not tables:
         return OUTPUT_SCHEMA.empty_table().select(columns) if columns else OUTPUT_SCHEMA.empty_table()
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="default")  # parts written before a column was added
 
 
 def done_uids(dst: str, attempt: int = 0) -> set[str]:

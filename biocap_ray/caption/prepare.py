@@ -140,7 +140,8 @@ def prepare_batch(batch: pa.Table, setup: CaptionSetup) -> dict:
 
 
 def caption_row(prepared: dict, text: str | None, setup: CaptionSetup, *, input_tokens: int | None,
-                output_tokens: int | None, latency_s: float | None, error: str | None = None) -> dict:
+                output_tokens: int | None, latency_s: float | None, cached_tokens: int | None = None,
+                error: str | None = None) -> dict:
     """One output row: the caption, its QC flags and where it came from."""
     text = (text or "").strip() if error is None else None
     flags = check(text, prepared["names"], prepared["reference"], setup.rules, setup.names)
@@ -160,6 +161,7 @@ def caption_row(prepared: dict, text: str | None, setup: CaptionSetup, *, input_
         "prefix_key": prepared["prefix_key"],
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
+        "cached_tokens": cached_tokens,
         "latency_s": latency_s,
         "attempt": setup.attempt,
         "error": error,

@@ -2,7 +2,7 @@
 
 Stages (each a Ray Data operator, streaming):
   read records → skip uids already captioned → prepare (decode, bound, context, chat template)
-  → engine (vLLM via ``ray.data.llm`` or a transformers actor pool) → the driver writes
+  → engine (vLLM or transformers, one engine per actor of a Ray Data pool) → the driver writes
   complete Parquet parts of ``rows_per_file`` captions and shows images/s, tokens/s and ETA.
 With ``qc_action=retry`` the captions that fail QC are generated again (new seed) in
 ``retry-N/`` folders; ``outputs.read_captions`` keeps the first passing attempt per uid.
@@ -84,24 +84,26 @@ def _prepare_udf(batch: pa.Table, setup: CaptionSetup, folder: str) -> dict:
 
 
 def _engine_stage(prepared, cfg: Config, setup: CaptionSetup):
-    c = cfg.caption
-    if c.engine == "vllm":
-        from biocap_ray.caption.vllm_engine import build_vllm_stage
-
-        return build_vllm_stage(c, setup, c.engine_env)(prepared)
+    """The engine as a Ray Data actor pool: one engine per actor, GPUs and restarts per the config."""
     from ray.data import ActorPoolStrategy
 
-    from biocap_ray.caption.transformers_engine import TransformersCaptioner
+    c = cfg.caption
+    if c.engine == "vllm":
+        from biocap_ray.caption.vllm_engine import VLLMCaptioner as actor
 
+        kwargs = {"cfg": c}
+    else:
+        from biocap_ray.caption.transformers_engine import TransformersCaptioner as actor
+
+        kwargs = {"dtype": c.dtype, "max_restarts": c.engine_max_restarts}
     low, high = (c.concurrency, c.concurrency) if isinstance(c.concurrency, int) else c.concurrency
-    sampling = c.sampling.model_dump()
     return prepared.map_batches(
-        TransformersCaptioner,
-        fn_constructor_kwargs={"setup": setup, "sampling": sampling, "dtype": c.dtype},
+        actor,
+        fn_constructor_kwargs={"setup": setup, "sampling": c.sampling.model_dump(), **kwargs},
         compute=ActorPoolStrategy(min_size=low, max_size=high),
         batch_size=c.batch_size,
         num_cpus=c.num_cpus_per_engine,
-        num_gpus=c.num_gpus_per_engine,
+        num_gpus=c.num_gpus_per_engine * c.tensor_parallel_size,
         accelerator_type=c.accelerator_type,
         max_restarts=c.engine_max_restarts,
         max_task_retries=c.engine_max_restarts,
@@ -169,10 +171,10 @@ def _stream(out_ds, folder: str, rows_per_file: int, progress: _Progress) -> int
 
 
 def summarize(table: pa.Table) -> dict:
-    """Counts, QC pass rate per check, context coverage and prefix reuse over the final captions."""
+    """Counts, QC pass rate per check, context coverage and prefix-cache hits over the final captions."""
     rows = table.to_pylist()
     ok = [r for r in rows if not r["error"]]
-    keys = [r["prefix_key"] for r in ok if r["prefix_key"]]
+    cached = [(r["cached_tokens"], r["input_tokens"]) for r in ok if r["cached_tokens"] is not None]
     qc = {f: sum(1 for r in ok if r[f]) for f in QC_FLAGS}
     return {
         "images": len(rows),
@@ -183,8 +185,9 @@ def summarize(table: pa.Table) -> dict:
         "qc_failures": qc,
         "context_levels": dict(Counter(r["context_level"] or "none" for r in ok)),
         "examples_levels": dict(Counter(r["examples_level"] or "none" for r in ok)),
-        # share of prompts whose static prefix had been sent before: an upper bound on prefix-cache hits
-        "prefix_reuse_rate": round((len(keys) - len(set(keys))) / len(keys), 4) if keys else 0.0,
+        # prompt tokens the engine served from its prefix cache (vLLM only)
+        "prefix_cache_hit_rate": round(sum(c for c, _ in cached) / max(1, sum(n for _, n in cached)), 4)
+        if cached else None,
         "output_tokens": sum(r["output_tokens"] or 0 for r in ok),
         "error_examples": [{"uid": r["uid"], "error": r["error"]} for r in rows if r["error"]][:5],
     }

@@ -1,50 +1,37 @@
-"""The vLLM engine through ``ray.data.llm``: Ray Data owns the actor pool, batching,
-autoscaling and restarts; we supply the rendered prompt, the image and the sampling params.
+"""The vLLM engine: one vLLM ``AsyncLLM`` per actor of a Ray Data actor pool.
 
-The prompt is rendered by our prepare stage with the model's own chat template, so Ray's
-chat-template, tokenizer and multimodal stages are off (the multimodal stage of Ray 2.60
-imports a vLLM module that moved in vLLM 0.32).
+Ray Data still owns the pool (autoscaling range, GPUs and accelerator type per actor, bounded
+actor restarts) and the batching; the actor owns the engine. We do not use ``ray.data.llm``'s
+processor here because (1) its engine stage drops vLLM's per-request ``num_cached_tokens``, and its
+engine metrics need Ray Serve, so the prefix-cache hit rate could not be reported; (2) when the
+engine process dies it exits the actor and Ray Data restarts it without limit, so a row that kills
+the engine is retried forever instead of becoming an error row. Owning the engine fixes both
+(see ``engine.EngineActor``).
+
+The prompt arrives rendered by the prepare stage with the model's own chat template; the image
+arrives decoded and bounded. The async engine (on an event loop thread of the actor) is the one
+vLLM serves with: when its engine process dies, every request in flight fails with
+``EngineDeadError`` (the offline ``vllm.LLM`` of vLLM 0.32 waits forever instead).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import asyncio
+import gc
+import threading
+import uuid
+
 from PIL import Image
 
-from biocap_ray.caption.prepare import CaptionSetup, caption_row, error_row, resolve_model
+from biocap_ray.caption.engine import EngineActor, Generation
+from biocap_ray.caption.prepare import CaptionSetup, resolve_model
 from biocap_ray.config import CaptionConfig
 
-_PASS_THROUGH = ("uid", "reference", "names", "context_level", "examples_level", "context_hash", "prefix_key")
 
-
-def _preprocess(row: dict, sampling: dict) -> dict:
-    image = Image.fromarray(np.asarray(row["pixels"], dtype=np.uint8))
-    out = {k: row[k] for k in _PASS_THROUGH}
-    out["names"] = list(row["names"])
-    out["prompt"] = row["prompt"]
-    out["multimodal_data"] = {"image": image}
-    out["sampling_params"] = dict(sampling)
-    return out
-
-
-def _postprocess(row: dict, setup: CaptionSetup) -> dict:
-    if row.get("__inference_error__"):
-        return error_row(row["uid"], f"engine failed: {row['__inference_error__']}", setup)
-    metrics = row.get("metrics") or {}
-    latency = None
-    if metrics.get("last_token_ts") and metrics.get("scheduled_ts"):
-        latency = float(metrics["last_token_ts"] - metrics["scheduled_ts"])
-    prepared = {k: row.get(k) for k in _PASS_THROUGH}
-    prepared["names"] = list(row.get("names") or [])
-    return caption_row(prepared, row.get("generated_text"), setup, input_tokens=row.get("num_input_tokens"),
-                       output_tokens=row.get("num_generated_tokens"), latency_s=latency)
-
-
-def build_vllm_stage(cfg: CaptionConfig, setup: CaptionSetup, env_vars: dict[str, str]):
-    """A ``ray.data.llm`` processor: prepared rows in, caption rows out."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
-    engine_kwargs = {
+def engine_kwargs(cfg: CaptionConfig, setup: CaptionSetup) -> dict:
+    """vLLM engine arguments from the caption config."""
+    kwargs = {
+        "model": resolve_model(setup.model),
         "max_model_len": cfg.max_model_len,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "enable_prefix_caching": cfg.enable_prefix_caching,
@@ -55,34 +42,69 @@ def build_vllm_stage(cfg: CaptionConfig, setup: CaptionSetup, env_vars: dict[str
         "seed": setup.seed + 1000 * setup.attempt,
     }
     if cfg.quantization:
-        engine_kwargs["quantization"] = cfg.quantization
+        kwargs["quantization"] = cfg.quantization
     if cfg.num_gpus_per_engine > 0:
-        engine_kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        placement = None  # Ray's default: one GPU bundle per tensor-parallel worker
-    else:
-        placement = {"bundles": [{"CPU": cfg.num_cpus_per_engine}]}
-    config = vLLMEngineProcessorConfig(
-        model_source=resolve_model(setup.model),
-        engine_kwargs=engine_kwargs,
-        batch_size=cfg.batch_size,
-        concurrency=cfg.concurrency,
-        accelerator_type=cfg.accelerator_type,
-        chat_template_stage=False,
-        tokenize_stage=False,
-        detokenize_stage=False,
-        prepare_multimodal_stage=False,
-        should_continue_on_error=True,
-        log_engine_metrics=False,
-        placement_group_config=placement,
-        runtime_env={"env_vars": env_vars} if env_vars else None,
-    )
-    sampling = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
-                "max_tokens": cfg.sampling.max_tokens}
-    task = {"num_cpus": cfg.num_cpus_per_task}
-    return build_processor(
-        config,
-        preprocess=lambda row: _preprocess(row, sampling),
-        postprocess=lambda row: _postprocess(row, setup),
-        preprocess_map_kwargs=task,
-        postprocess_map_kwargs=task,
-    )
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    return kwargs
+
+
+def sampling_params(sampling: dict):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(temperature=sampling["temperature"], top_p=sampling["top_p"],
+                          max_tokens=sampling["max_tokens"], output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+class VLLMCaptioner(EngineActor):
+    def __init__(self, setup: CaptionSetup, sampling: dict, cfg: CaptionConfig):
+        self.cfg, self.engine = cfg, None
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="vllm-engine-loop", daemon=True).start()
+        super().__init__(setup, sampling, cfg.engine_max_restarts)
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def load(self) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(**engine_kwargs(self.cfg, self.setup))
+
+        async def start():
+            return AsyncLLM.from_engine_args(args)
+
+        self.engine = self._run(start())
+        self.params = sampling_params(self.sampling)
+
+    def unload(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # a dead engine may fail to shut down; its processes are gone anyway
+                pass
+        del engine
+        gc.collect()
+
+    def is_dead(self, exc: Exception) -> bool:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        return self.engine is None or isinstance(exc, EngineDeadError)
+
+    def generate(self, prompts: list[str], images: list[Image.Image], seed: int) -> list[Generation | Exception]:
+        engine, params = self.engine, self.params
+
+        async def one(prompt: str, image: Image.Image):
+            final = None
+            request = {"prompt": prompt, "multi_modal_data": {"image": image}}
+            async for final in engine.generate(request, params, request_id=uuid.uuid4().hex):
+                pass
+            return Generation(final.outputs[0].text, len(final.prompt_token_ids), len(final.outputs[0].token_ids),
+                              final.num_cached_tokens or 0)
+
+        async def batch():
+            return await asyncio.gather(*(one(p, im) for p, im in zip(prompts, images)), return_exceptions=True)
+
+        return self._run(batch())
