@@ -8,7 +8,6 @@ one run. Prints samples/s, the ratio, and where each spends its time (data vs co
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import os
 import shutil
@@ -21,11 +20,9 @@ import mlflow
 import torch
 
 from biocap_ray.config import load_config
-from biocap_ray.data.taxonomy import Taxon
-from biocap_ray.train.ingest import tools_for
+from biocap_ray.train.ingest import training_rows
 from biocap_ray.train.loop import compute_loss, cosine_with_warmup, param_groups
 from biocap_ray.train.model import build_model
-from biocap_ray.train.objective import TEXT_CHOICES
 
 from synthetic import generate
 
@@ -37,6 +34,7 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
     import json
 
     import open_clip
+    import pyarrow as pa
 
     torch.set_num_threads(threads)
     t = cfg.train
@@ -46,11 +44,11 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(t.warmup_steps, steps))
     loss_fn = open_clip.ClipLoss()
-    transform, tokenizer = tools_for(t.model, True)
     batch_size = t.batch_size * t.num_workers
 
     def batches():
-        images, texts = [], []
+        """The Ray Data ingest's per-record work (the same ``training_rows``), in this process."""
+        rows = []
         for shard in itertools.cycle(shards):  # epochs until the steps are done
             with tarfile.open(shard) as tf:
                 sample = {}
@@ -58,17 +56,13 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
                     key, ext = member.name.split(".", 1)
                     sample[ext] = tf.extractfile(member).read()
                     if ext == "json":
-                        from PIL import Image
-
-                        taxon = Taxon.from_mapping(json.loads(sample["json"]))
-                        with Image.open(io.BytesIO(sample["jpg"])) as img:
-                            images.append(transform(img.convert("RGB")))
-                        texts.extend([taxon.text(x) for x in TEXT_CHOICES[:-1]] + [taxon.text(t.caption_fallback)])
+                        rows.append({**json.loads(sample["json"]), "uid": key, "image": sample["jpg"], "caption": None})
                         sample = {}
-                        if len(images) == batch_size:
-                            tokens = tokenizer(texts).reshape(batch_size, len(TEXT_CHOICES), -1)
-                            yield {"image": torch.stack(images), "tokens": tokens}
-                            images, texts = [], []
+                        if len(rows) == batch_size:
+                            out = training_rows(pa.Table.from_pylist(rows), t.model, t.caption_fallback,
+                                                cfg.data.max_image_pixels)
+                            yield {k: torch.from_numpy(v) for k, v in out.items()}
+                            rows = []
 
     data_s = compute_s = 0.0
     done = 0
@@ -106,7 +100,8 @@ def ray_run(folder: Path, cfg, steps: int) -> tuple[float, float, float]:
 
     rates, data, compute = history("samples_per_s_per_worker"), history("data_wait_s"), history("compute_s")
     warm = 3  # skip start-up steps, as for the plain loop
-    rate = sum(rates[warm:]) / len(rates[warm:]) * cfg.train.num_workers
+    seconds = sum(cfg.train.batch_size / r for r in rates[warm:])  # each logged step is one batch per worker
+    rate = cfg.train.num_workers * cfg.train.batch_size * len(rates[warm:]) / seconds
     shutil.rmtree(out)
     return rate, sum(data[warm:]), sum(compute[warm:])
 

@@ -56,3 +56,12 @@ def test_resize_and_centre_crop():
     buf = io.BytesIO()
     Image.new("RGB", (10, 10)).save(buf, format="BMP")
     assert load_rgb(buf.getvalue(), MAX).size == (10, 10)
+
+
+def test_draft_decodes_a_jpeg_no_larger_than_needed():
+    from conftest import jpeg_bytes
+
+    data = jpeg_bytes(size=(640, 480))
+    small = load_rgb(data, 10**8, draft=100)  # DCT scaling by 1/4: both sides stay at least 100
+    assert small.size == (160, 120) and small.mode == "RGB"
+    assert load_rgb(data, 10**8).size == (640, 480)

@@ -52,16 +52,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(data: bytes | None, max_pixels: int, size: int | None = None) -> Image.Image:
+def load_rgb(data: bytes | None, max_pixels: int, size: int | None = None, draft: int | None = None) -> Image.Image:
     """Fully decode ``data`` to RGB; with ``size``, resize the shorter side and centre-crop to it.
 
-    With a target size, JPEG decoding uses the decoder's draft mode (DCT scaling), which
-    is several times faster than decoding full resolution and then resizing.
+    With ``size`` or ``draft``, JPEG decoding uses the decoder's draft mode (DCT scaling by 1/2,
+    1/4 or 1/8, keeping both sides at least that many pixels), which is several times faster
+    than decoding full resolution when the image is shrunk afterwards anyway.
     """
     img = _open(data, max_pixels)
+    draft = draft or size
     try:
-        if size is not None and img.format == "JPEG":
-            img.draft("RGB", (size, size))
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))
         img.load()
         img = ImageOps.exif_transpose(img) or img
         img = _to_rgb(img)

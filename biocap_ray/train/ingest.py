@@ -30,6 +30,7 @@ def tools_for(model: str, is_train: bool):
     return transform, open_clip.get_tokenizer(model)
 
 
+@functools.lru_cache(maxsize=8)
 def image_size(model: str) -> int:
     from biocap_ray.train.model import register_model_configs
     import open_clip
@@ -41,20 +42,22 @@ def image_size(model: str) -> int:
 
 def training_rows(batch: pa.Table, model: str, fallback: str, max_pixels: int, is_train: bool = True) -> dict:
     """Decode (the data layer's safe decoder) + augment with open_clip's transforms; tokenise every
-    text type (caption last)."""
+    text type (caption last). JPEGs are decoded no larger than the model needs (both sides at least
+    its input size, so random crops keep their full resolution)."""
     transform, tokenizer = tools_for(model, is_train)
+    size = image_size(model)
     images, texts, has_caption, uids = [], [], [], []
     for row in batch.to_pylist():
         if row.get("error"):
             continue
         taxon = Taxon.from_mapping(row)
-        images.append(transform(load_rgb(row["image"], max_pixels)).numpy())
+        images.append(transform(load_rgb(row["image"], max_pixels, draft=size)).numpy())
         caption = row.get("caption")
         texts.extend([taxon.text(t) for t in TEXT_CHOICES[:-1]] + [caption or taxon.text(fallback)])
         has_caption.append(bool(caption))
         uids.append(row["uid"])
     if not uids:  # a batch of error rows only: empty, but shaped like the others so batches concatenate
-        size, context = image_size(model), tokenizer.context_length
+        context = tokenizer.context_length
         return {"image": np.zeros((0, 3, size, size), np.float32),
                 "tokens": np.zeros((0, len(TEXT_CHOICES), context), np.int64), "has_caption": np.zeros(0, bool)}
     tokens = tokenizer(texts).numpy().reshape(len(uids), len(TEXT_CHOICES), -1)
