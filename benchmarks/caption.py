@@ -71,12 +71,13 @@ def direct(table: pa.Table, cfg) -> float:
     return rate
 
 
-def pipeline(folder: Path, cfg) -> tuple[float, float | None]:
-    """(end-to-end images/s, steady-state images/s from the first caption batch to the last)."""
+def pipeline(folder: Path, cfg) -> tuple[float, float | None, float | None]:
+    """(end-to-end images/s, steady-state images/s from the first caption batch to the last,
+    prefix-cache hit rate)."""
     dst = Path(tempfile.mkdtemp(prefix="bench-captions-"))
     summary = caption(str(folder), str(dst), cfg)
     shutil.rmtree(dst)
-    return summary["images_per_s"], summary["steady_images_per_s"]
+    return summary["images_per_s"], summary["steady_images_per_s"], summary["prefix_cache_hit_rate"]
 
 
 def main() -> None:
@@ -103,17 +104,19 @@ def main() -> None:
                                     "caption.rows_per_file=16", "caption.max_attempts=1"])
         table = records_table(folder, cfg)
         direct_rate = direct(table, cfg)
-        end_to_end, steady = pipeline(folder, cfg)
-        rows.append((engine, args.images, direct_rate, end_to_end, steady))
+        end_to_end, steady, hits = pipeline(folder, cfg)
+        rows.append((engine, args.images, direct_rate, end_to_end, steady, hits))
         print(f"{engine}: direct {direct_rate:.2f} img/s, pipeline {end_to_end:.2f} img/s end to end, "
               f"{steady or 0:.2f} steady", flush=True)
     ray.shutdown()
     shutil.rmtree(workdir)
 
-    print(f"\n{'engine':<13}{'images':>7}{'direct img/s':>14}{'pipeline img/s':>16}{'steady img/s':>14}{'ratio':>7}")
-    for engine, n, base, e2e, steady in rows:
+    print(f"\n{'engine':<13}{'images':>7}{'direct img/s':>14}{'pipeline img/s':>16}{'steady img/s':>14}{'ratio':>7}"
+          f"{'prefix-cache hits':>19}")
+    for engine, n, base, e2e, steady, hits in rows:
         ratio = (steady or e2e) / base
-        print(f"{engine:<13}{n:>7}{base:>14.2f}{e2e:>16.2f}{(steady or 0):>14.2f}{ratio:>7.2f}")
+        shown = f"{hits:.1%}" if hits is not None else "-"
+        print(f"{engine:<13}{n:>7}{base:>14.2f}{e2e:>16.2f}{(steady or 0):>14.2f}{ratio:>7.2f}{shown:>19}")
     print("\nratio = pipeline steady-state images/s ÷ direct loop images/s (same engine, model, images, batch)")
 
 
