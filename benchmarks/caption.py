@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from biocap_ray.caption.engine import engine_class
 from biocap_ray.caption.prepare import prepare_batch
 from biocap_ray.caption.run import build_setup, caption
 from biocap_ray.config import load_config
@@ -54,15 +55,7 @@ def direct(table: pa.Table, cfg) -> float:
     c = cfg.caption
     os.environ.update(c.engine_env)  # e.g. the CPU backend's KV-cache size, as the pipeline's actors get it
     setup = build_setup(cfg)
-    sampling = c.sampling.model_dump()
-    if c.engine == "vllm":
-        from biocap_ray.caption.vllm_engine import VLLMCaptioner
-
-        engine = VLLMCaptioner(setup, sampling, c)
-    else:
-        from biocap_ray.caption.transformers_engine import TransformersCaptioner
-
-        engine = TransformersCaptioner(setup, sampling, c.dtype)
+    engine = engine_class(c.engine)(setup, c)
     start = time.perf_counter()
     for i in range(0, table.num_rows, c.batch_size):
         engine(prepare_batch(table.slice(i, c.batch_size), setup)["prepared"])

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from biocap_ray.caption.prepare import CaptionSetup, caption_row, error_row
+from biocap_ray.config import CaptionConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ class EngineActor:
     Subclasses load, unload and call one engine; they say which exceptions mean it died.
     """
 
-    def __init__(self, setup: CaptionSetup, sampling: dict, max_restarts: int):
-        self.setup, self.sampling, self.max_restarts = setup, sampling, max_restarts
+    def __init__(self, setup: CaptionSetup, cfg: CaptionConfig):
+        self.setup, self.cfg = setup, cfg
+        self.sampling, self.max_restarts = cfg.sampling.model_dump(), cfg.engine_max_restarts
         self.restarts = 0
         self._start()
 
@@ -119,3 +121,14 @@ class EngineActor:
             else:
                 out.append(self._row(r, g, per_row))
         return {k: [row[k] for row in out] for k in out[0]} if out else {}
+
+
+def engine_class(name: str) -> type[EngineActor]:
+    """The actor class of ``caption.engine`` (imported only when chosen: vLLM is optional)."""
+    if name == "vllm":
+        from biocap_ray.caption.vllm_engine import VLLMCaptioner
+
+        return VLLMCaptioner
+    from biocap_ray.caption.transformers_engine import TransformersCaptioner
+
+    return TransformersCaptioner

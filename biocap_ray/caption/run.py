@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 
 from biocap_ray import storage
 from biocap_ray.caption import outputs
+from biocap_ray.caption.engine import engine_class
 from biocap_ray.caption.prepare import CaptionSetup, error_row, prepare_batch
 from biocap_ray.caption.prompts import PromptTemplate
 from biocap_ray.caption.quality import QC_FLAGS, NameIndex, QualityRules
@@ -88,18 +89,10 @@ def _engine_stage(prepared, cfg: Config, setup: CaptionSetup):
     from ray.data import ActorPoolStrategy
 
     c = cfg.caption
-    if c.engine == "vllm":
-        from biocap_ray.caption.vllm_engine import VLLMCaptioner as actor
-
-        kwargs = {"cfg": c}
-    else:
-        from biocap_ray.caption.transformers_engine import TransformersCaptioner as actor
-
-        kwargs = {"dtype": c.dtype, "max_restarts": c.engine_max_restarts}
     low, high = (c.concurrency, c.concurrency) if isinstance(c.concurrency, int) else c.concurrency
     return prepared.map_batches(
-        actor,
-        fn_constructor_kwargs={"setup": setup, "sampling": c.sampling.model_dump(), **kwargs},
+        engine_class(c.engine),
+        fn_constructor_kwargs={"setup": setup, "cfg": c},
         compute=ActorPoolStrategy(min_size=low, max_size=high),
         batch_size=c.batch_size,
         num_cpus=c.num_cpus_per_engine,

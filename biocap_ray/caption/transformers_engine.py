@@ -6,20 +6,16 @@ from __future__ import annotations
 from PIL import Image
 
 from biocap_ray.caption.engine import EngineActor, Generation
-from biocap_ray.caption.prepare import CaptionSetup, load_processor, resolve_model
+from biocap_ray.caption.prepare import load_processor, resolve_model
 
 
 class TransformersCaptioner(EngineActor):
-    def __init__(self, setup: CaptionSetup, sampling: dict, dtype: str = "auto", max_restarts: int = 3):
-        self.dtype = dtype
-        super().__init__(setup, sampling, max_restarts)
-
     def load(self) -> None:
         import torch
         from transformers import AutoModelForImageTextToText
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch_dtype = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+        torch_dtype = "auto" if self.cfg.dtype == "auto" else getattr(torch, self.cfg.dtype)
         self.processor = load_processor(self.setup.model)
         self.processor.tokenizer.padding_side = "left"
         self.model = AutoModelForImageTextToText.from_pretrained(

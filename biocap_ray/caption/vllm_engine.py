@@ -57,11 +57,11 @@ def sampling_params(sampling: dict):
 
 
 class VLLMCaptioner(EngineActor):
-    def __init__(self, setup: CaptionSetup, sampling: dict, cfg: CaptionConfig):
-        self.cfg, self.engine = cfg, None
+    def __init__(self, setup: CaptionSetup, cfg: CaptionConfig):
+        self.engine = None
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="vllm-engine-loop", daemon=True).start()
-        super().__init__(setup, sampling, cfg.engine_max_restarts)
+        super().__init__(setup, cfg)
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
@@ -85,7 +85,6 @@ class VLLMCaptioner(EngineActor):
                 engine.shutdown()
             except Exception:  # a dead engine may fail to shut down; its processes are gone anyway
                 pass
-        del engine
         gc.collect()
 
     def is_dead(self, exc: Exception) -> bool:
