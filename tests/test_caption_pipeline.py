@@ -203,3 +203,26 @@ def test_kill_and_resume_captions_every_uid_exactly_once(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     uids = Counter(outputs.read_parts(str(dst)).column("uid").to_pylist())
     assert set(uids) == {p.stem for p in (data / "images").iterdir()} and set(uids.values()) == {1}
+
+
+def test_a_row_that_fails_alone_becomes_an_error_row_and_its_batch_still_captions(dataset, tmp_path):
+    """The engine actor itself, on the real transformers engine: one row's prompt has lost its image
+    placeholder, so the processor rejects the whole batch; retried alone, the other rows caption
+    and the bad row becomes an error row."""
+    import pyarrow as pa
+
+    from biocap_ray.caption.engine import engine_class
+    from biocap_ray.caption.prepare import prepare_batch
+    from biocap_ray.caption.run import build_setup
+
+    cfg = cfg_for("transformers", tmp_path)
+    setup = build_setup(cfg)
+    records = pa.Table.from_pylist(readers.read_records(str(dataset), cfg.data).take(3))
+    prepared = prepare_batch(records, setup)["prepared"]
+    bad = prepared["uid"][1]
+    prepared["prompt"][1] = "no image here, so the image and its placeholder disagree"
+    out = engine_class("transformers")(setup, cfg.caption)(prepared)
+    rows = {u: (c, e) for u, c, e in zip(out["uid"], out["caption"], out["error"])}
+    assert list(rows) == prepared["uid"]
+    assert rows[bad][0] is None and rows[bad][1].startswith("engine failed: ")
+    assert all(e is None and c is not None for u, (c, e) in rows.items() if u != bad)
