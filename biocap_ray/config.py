@@ -39,7 +39,9 @@ class DataConfig(_Strict):
     )
     samples_per_shard: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=64, ge=1, description="rows per Ray Data batch")
-    num_cpus_per_task: float = Field(default=1.0, gt=0, description="fractional on small machines")
+    num_cpus_per_task: float = Field(
+        default=1.0, gt=0, description="CPUs of each read/decode task or actor (training's too); fractional on small machines"
+    )
     check_duplicates: bool = Field(
         default=True, description="mark records whose uid occurs more than once as error rows"
     )
@@ -157,7 +159,9 @@ class TrainConfig(_Strict):
     log_every: int = Field(default=10, ge=1)
     max_failures: int = Field(default=3, ge=-1, description="worker-group restarts from the last checkpoint")
     prefetch_batches: int = Field(default=2, ge=0)
-    data_cpus_per_task: float = Field(default=1.0, gt=0, description="CPU decode/augment tasks")
+    data_actors: int | None = Field(
+        default=None, ge=1, description="most decode/augment actors (None: Ray Data scales from 1 to what fits)"
+    )
     cache_dataset: bool = Field(
         default=False, description="decode+augment once and keep in the object store (small sets; fixed augmentation)"
     )

@@ -175,3 +175,29 @@ def test_existing_destination_needs_overwrite(tmp_path, data_cfg):
         convert(str(small), str(tmp_path / "out"), data_cfg)
     convert(str(small), str(tmp_path / "out"), data_cfg, overwrite=True)
     assert len(records(str(tmp_path / "out"), data_cfg)) == 5
+
+
+def test_paced_scheduling_sets_a_floor_on_the_loop_period(monkeypatch):
+    """Ray Data's scheduling loop runs the paced dataset's callback at every step, and every step
+    lasts at least ``PERIOD``: a backpressured loop cannot spin."""
+    import time
+
+    import ray.data
+
+    from biocap_ray.data.pacing import PacedScheduling, paced
+
+    stamps: list[float] = []
+    original = PacedScheduling.on_execution_step
+
+    def spy(self, executor):
+        original(self, executor)
+        stamps.append(time.perf_counter())
+
+    monkeypatch.setattr(PacedScheduling, "on_execution_step", spy)
+    ds = paced(ray.data.range(40, override_num_blocks=20).map_batches(lambda b: b, num_cpus=0.25))
+    for _ in ds.iter_batches(batch_size=2):
+        time.sleep(0.02)  # a slow consumer
+    assert len(stamps) >= 5, stamps
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert min(gaps) >= 0.9 * PacedScheduling.PERIOD, gaps
+    assert ray.data.DataContext.get_current().custom_execution_callback_classes == []  # only that dataset

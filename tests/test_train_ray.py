@@ -173,3 +173,18 @@ def _one_step(workers: int) -> dict:
 
     trainer = TorchTrainer(step, scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}))
     return trainer.fit().metrics
+
+
+def test_the_ingest_is_one_operator_on_long_lived_actors(capsys):
+    """Parsing, the validation split and decoding fuse into one actor operator: no short-lived
+    task processes that each import torch and open_clip again."""
+    from conftest import SAMPLE
+
+    from biocap_ray.train.ingest import training_dataset
+
+    training_dataset(str(SAMPLE), load_config("local", ["train.val_fraction=0.2"])).explain()
+    optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    operators = [line.strip("+- ") for line in optimized.splitlines() if "[" in line]
+    assert len(operators) == 2 and operators[1] == "InputDataBuffer[Input]", optimized
+    assert operators[0].startswith("ActorPoolMapOperator[") and "_split_rows" in operators[0], optimized
+    assert operators[0].endswith("MapBatches(TrainingRows)]"), optimized

@@ -25,7 +25,7 @@ from biocap_ray.evaluate.embed import LABEL_COLUMNS, embed
 from biocap_ray.evaluate.checkpoints import ModelSpec
 from biocap_ray.evaluate.metrics import confusions, recall_at_k, zero_shot_metrics
 from biocap_ray.tracking import default_tracking_uri, flatten, use_experiment
-from biocap_ray.train.ingest import is_held_out
+from biocap_ray.train.ingest import keep_split
 
 log = logging.getLogger(__name__)
 TOPK = (1, 3, 5)
@@ -35,7 +35,7 @@ def read_split(uri: str, cfg: Config, held_out_fraction: float | None = None):
     """The records to evaluate: all of them, or only the uids a training run held out."""
     ds = readers.read_records(uri, cfg.data)
     if held_out_fraction:
-        ds = ds.filter(lambda r: is_held_out(r["uid"], held_out_fraction), num_cpus=cfg.data.num_cpus_per_task)
+        ds = keep_split(ds, held_out_fraction, held_out=True, num_cpus=cfg.data.num_cpus_per_task)
     return ds
 
 

@@ -11,6 +11,7 @@ import logging
 from biocap_ray import storage
 from biocap_ray.config import Config
 from biocap_ray.data import readers
+from biocap_ray.data.pacing import paced
 from biocap_ray.tracking import default_tracking_uri
 from biocap_ray.train.export import LABEL_FILE
 from biocap_ray.train.ingest import training_dataset
@@ -55,11 +56,11 @@ def train(src: str, out: str, cfg: Config, run_name: str = "biocap", *, parent_r
     if t.val_fraction and not t.val_data:
         num = round(num * (1 - t.val_fraction))  # planning only: the split is by uid hash
     per_epoch, total = plan_steps(num, cfg)
-    datasets = {"train": training_dataset(src, cfg).materialize() if t.cache_dataset else training_dataset(src, cfg)}
+    datasets = {"train": paced(training_dataset(src, cfg).materialize() if t.cache_dataset else training_dataset(src, cfg))}
     classes = None
     if t.val_data or t.val_fraction:
         classes = validation_classes(src, cfg)
-        datasets["val"] = validation_dataset(src, cfg, classes)
+        datasets["val"] = paced(validation_dataset(src, cfg, classes))
     tracking_uri = t.mlflow_tracking_uri or default_tracking_uri(out)
     export_uri = storage.join(out, "export", run_name)
     runs = storage.join(out, "runs")

@@ -48,7 +48,7 @@ def validation_dataset(src: str, cfg, classes: ClassSet):
     return ds.map_batches(
         validation_rows,
         fn_kwargs={"model": t.model, "max_pixels": cfg.data.max_image_pixels, "classes": classes, "rank": e.rank},
-        batch_format="pyarrow", batch_size=cfg.data.batch_size, num_cpus=t.data_cpus_per_task,
+        batch_format="pyarrow", batch_size=cfg.data.batch_size, num_cpus=cfg.data.num_cpus_per_task,
     )
 
 

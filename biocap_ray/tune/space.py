@@ -59,5 +59,5 @@ def concurrent_trials(cfg: Config, resources: dict[str, float]) -> int:
     t, tn = cfg.train, cfg.tune
     if t.use_gpu:
         return max(1, int(resources.get("GPU", 0) // t.num_workers))
-    per_trial = t.num_workers * t.cpus_per_worker + tn.trial_cpus + t.data_cpus_per_task
+    per_trial = t.num_workers * t.cpus_per_worker + tn.trial_cpus + cfg.data.num_cpus_per_task
     return max(1, int(resources.get("CPU", 1) // per_trial))
