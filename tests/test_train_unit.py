@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from pathlib import Path
 
 import open_clip
 import torch
@@ -62,3 +64,16 @@ def test_single_projector_flag():
     assert not hasattr(model, "caption_proj")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model.image_features(x, "caption"), model.image_features(x, "label"))
+
+
+def test_the_single_gpu_benchmark_runs_its_code_at_tiny_size_on_cpu(monkeypatch, capsys):
+    """The H100 script's own path (model, synthetic batch, bf16 autocast, both checkpointing
+    settings, FLOP estimate) on a tiny model: it must print one positive rate per row."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_gpu.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--device", "cpu", "--model", "biocap-tiny", "--batches", "2,4"])
+    runpy.run_path(str(script), run_name="__main__")
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("False", "True"))]
+    assert [(r[0], r[1]) for r in rows] == [("False", "2"), ("False", "4"), ("True", "2"), ("True", "4")]
+    assert all(float(r[2]) > 0 for r in rows), rows
