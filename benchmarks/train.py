@@ -120,7 +120,7 @@ def main() -> None:
     overrides = [f"train.model={MODEL}", f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps + 3}",
                  "train.epochs=100", "train.log_every=1", f"train.checkpoint_every={args.steps + 3}",
                  "train.cpus_per_worker=0.7", "train.prefetch_batches=2",
-                 "data.num_cpus_per_task=0.2",
+                 "data.num_cpus_per_task=0.2", "train.data_actors=1",
                  "data.batch_size=64"]
     cfg = load_config("local", overrides)
     os.environ["OMP_NUM_THREADS"] = "1"  # one core per Ray worker, two for the plain loop

@@ -160,7 +160,9 @@ class TrainConfig(_Strict):
     max_failures: int = Field(default=3, ge=-1, description="worker-group restarts from the last checkpoint")
     prefetch_batches: int = Field(default=2, ge=0)
     data_actors: int | None = Field(
-        default=None, ge=1, description="most decode/augment actors (None: Ray Data scales from 1 to what fits)"
+        default=None, ge=0,
+        description="most decode/augment actors (None: Ray Data scales from 1 to what fits); 0: plain tasks,"
+        " cheaper when epochs last seconds, since every epoch starts its actors afresh (~6 CPU-s each)",
     )
     cache_dataset: bool = Field(
         default=False, description="decode+augment once and keep in the object store (small sets; fixed augmentation)"

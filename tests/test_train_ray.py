@@ -69,7 +69,7 @@ def _subset(tmp_path: Path, n: int) -> Path:
 
 def test_rerun_resumes_from_the_latest_checkpoint_in_joint_mode(tmp_path):
     data = _subset(tmp_path, 32)
-    opts = ("train.mode=joint", "train.epochs=10", "train.checkpoint_every=2")
+    opts = ("train.mode=joint", "train.epochs=10", "train.checkpoint_every=2", "train.data_actors=1")  # as in production
     first = train(str(data), str(tmp_path / "out"), tiny("train.max_steps=4", *opts), "resume")
     assert first["steps"] == 4 and first["restored_from_step"] == -1
     again = train(str(data), str(tmp_path / "out"), tiny("train.max_steps=8", *opts), "resume")
@@ -175,16 +175,19 @@ def _one_step(workers: int) -> dict:
     return trainer.fit().metrics
 
 
-def test_the_ingest_is_one_operator_on_long_lived_actors(capsys):
-    """Parsing, the validation split and decoding fuse into one actor operator: no short-lived
-    task processes that each import torch and open_clip again."""
+@pytest.mark.parametrize("actors, operator, decode", [("null", "ActorPoolMapOperator", "TrainingRows"),
+                                                      ("0", "TaskPoolMapOperator", "training_rows")])
+def test_the_ingest_is_one_operator(capsys, actors, operator, decode):
+    """Parsing, the validation split and decoding fuse into one operator: on long-lived actors
+    (no short-lived task processes that each import torch and open_clip again), or on tasks."""
     from conftest import SAMPLE
 
     from biocap_ray.train.ingest import training_dataset
 
-    training_dataset(str(SAMPLE), load_config("local", ["train.val_fraction=0.2"])).explain()
+    cfg = load_config("local", ["train.val_fraction=0.2", f"train.data_actors={actors}"])
+    training_dataset(str(SAMPLE), cfg).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     operators = [line.strip("+- ") for line in optimized.splitlines() if "[" in line]
     assert len(operators) == 2 and operators[1] == "InputDataBuffer[Input]", optimized
-    assert operators[0].startswith("ActorPoolMapOperator[") and "_split_rows" in operators[0], optimized
-    assert operators[0].endswith("MapBatches(TrainingRows)]"), optimized
+    assert operators[0].startswith(operator + "[") and "_split_rows" in operators[0], optimized
+    assert operators[0].endswith(f"MapBatches({decode})]"), optimized

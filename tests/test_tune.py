@@ -33,7 +33,7 @@ def test_a_trial_config_is_validated_and_the_cluster_decides_concurrency():
     assert (cfg.train.caption_weight, cfg.train.mode, base.train.mode) == (0.5, "joint", "sample")
     with pytest.raises(ValueError, match="caption_weight"):
         trial_config(base, {"train.caption_weight": 2.0})
-    assert concurrent_trials(base, {"CPU": 2}) == 1  # 2 workers x 0.5 CPU + a driver (0.25) + a decode actor (0.5)
+    assert concurrent_trials(base, {"CPU": 2}) == 1  # 2 workers x 0.5 CPU + a driver (0.25) + decoding (0.5)
     assert concurrent_trials(base, {"CPU": 16}) == 9
     gpu = load_config("cluster")
     assert concurrent_trials(gpu, {"GPU": 16, "CPU": 200}) == 16 // gpu.train.num_workers

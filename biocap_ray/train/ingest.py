@@ -101,7 +101,8 @@ def keep_split(ds, fraction: float, held_out: bool, num_cpus: float):
 
 def training_dataset(src: str, cfg):
     """The Ray Dataset a training run consumes (without the held-out validation uids). Parsing
-    the records, the split and decoding fuse into one operator on :class:`TrainingRows` actors."""
+    the records, the split and decoding fuse into one operator, on :class:`TrainingRows` actors
+    unless ``train.data_actors`` is 0."""
     from ray.data import ActorPoolStrategy
 
     from biocap_ray.data import readers
@@ -110,9 +111,10 @@ def training_dataset(src: str, cfg):
     ds = readers.read_records(src, cfg.data)
     if t.val_fraction and not t.val_data:
         ds = keep_split(ds, t.val_fraction, held_out=False, num_cpus=cfg.data.num_cpus_per_task)
-    return ds.map_batches(
-        TrainingRows, fn_constructor_kwargs={"model": t.model, "fallback": t.caption_fallback,
-                                             "max_pixels": cfg.data.max_image_pixels, "is_train": True},
-        compute=ActorPoolStrategy(min_size=1, max_size=t.data_actors),
-        batch_format="pyarrow", batch_size=cfg.data.batch_size, num_cpus=cfg.data.num_cpus_per_task,
-    )
+    kwargs = {"model": t.model, "fallback": t.caption_fallback, "max_pixels": cfg.data.max_image_pixels,
+              "is_train": True}
+    common = {"batch_format": "pyarrow", "batch_size": cfg.data.batch_size, "num_cpus": cfg.data.num_cpus_per_task}
+    if t.data_actors == 0:  # plain tasks: no actor start per epoch, for runs whose epochs last seconds
+        return ds.map_batches(training_rows, fn_kwargs=kwargs, **common)
+    return ds.map_batches(TrainingRows, fn_constructor_kwargs=kwargs,
+                          compute=ActorPoolStrategy(min_size=1, max_size=t.data_actors), **common)
