@@ -1,5 +1,5 @@
 """Streaming training ingest: records → augmented image tensors + tokenised texts, on CPU
-Ray Data actors (so GPU workers only train), fed to workers with ``iter_torch_batches``."""
+Ray Data actors or tasks (so GPU workers only train), fed to workers with ``iter_torch_batches``."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class TrainingRows:
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs
-        tools_for(kwargs["model"], kwargs["is_train"])
+        tools_for(kwargs["model"], True)
 
     def __call__(self, batch: pa.Table) -> dict:
         return training_rows(batch, **self.kwargs)
@@ -111,8 +111,7 @@ def training_dataset(src: str, cfg):
     ds = readers.read_records(src, cfg.data)
     if t.val_fraction and not t.val_data:
         ds = keep_split(ds, t.val_fraction, held_out=False, num_cpus=cfg.data.num_cpus_per_task)
-    kwargs = {"model": t.model, "fallback": t.caption_fallback, "max_pixels": cfg.data.max_image_pixels,
-              "is_train": True}
+    kwargs = {"model": t.model, "fallback": t.caption_fallback, "max_pixels": cfg.data.max_image_pixels}
     common = {"batch_format": "pyarrow", "batch_size": cfg.data.batch_size, "num_cpus": cfg.data.num_cpus_per_task}
     if t.data_actors == 0:  # plain tasks: no actor start per epoch, for runs whose epochs last seconds
         return ds.map_batches(training_rows, fn_kwargs=kwargs, **common)
