@@ -1,5 +1,6 @@
-"""The end-to-end pipeline: each stage's outputs are the next stage's inputs, and a stage
-whose outputs already exist is skipped (re-running resumes)."""
+"""The end-to-end pipeline: each stage's outputs are the next stage's inputs. A stage is
+finished when its completion marker exists, and the marker is written last, after every
+output of the stage; a stage without one runs again (resuming where it can)."""
 
 from __future__ import annotations
 
@@ -11,77 +12,76 @@ from biocap_ray.config import Config
 from biocap_ray.tracking import default_tracking_uri
 
 log = logging.getLogger(__name__)
-SUMMARY = "_stage_summary.json"  # underscore: readers of the stage's output skip it
+MARKER = "_stage_summary.json"  # underscore: readers of the stage's output skip it
 
 
-def _stage(name: str, output: str, overwrite: bool) -> bool:
-    """Whether to run a stage: its output is missing, or the user asked to recompute."""
-    if overwrite or not storage.exists(output):
-        log.info("%s -> %s", name, storage.redact(output))
-        return True
-    log.info("%s: %s exists, skipping", name, storage.redact(output))
-    return False
-
-
-def _finished_or(output: str, overwrite: bool, run) -> dict:
-    """A resumable stage: run it (it picks up where it stopped) unless it finished before, in
-    which case its recorded summary is returned."""
-    marker = storage.join(output, SUMMARY)
+def run_stage(name: str, output: str, overwrite: bool, run) -> dict:
+    """Run a stage unless its marker says it finished; then write the marker with its summary."""
+    marker = storage.join(output, MARKER)
     if not overwrite and storage.exists(marker):
-        log.info("%s finished before, skipping", storage.redact(output))
+        log.info("%s: finished before (%s), skipping", name, storage.redact(output))
         return json.loads(storage.read_bytes(marker))
+    log.info("%s -> %s", name, storage.redact(output))
     summary = run()
     storage.write_bytes(marker, json.dumps(summary, default=str).encode())
     return summary
 
 
 def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool = False) -> dict:
-    """ingest → species context → caption → captions into shards → train → evaluate, under ``output_uri``."""
+    """ingest → species context → caption → captions into shards → train → evaluate, under ``output_uri``.
+
+    Resuming, per stage: ingest and merge rewrite their output whole (a partial set of shards
+    is never trained on); context and caption continue from the rows they wrote; training
+    continues from its latest checkpoint; evaluation runs again.
+    """
     from biocap_ray.caption.merge import merge_captions
     from biocap_ray.caption.run import caption
     from biocap_ray.context.build import build_wikipedia_context, import_context
-    from biocap_ray.data.ops import convert, inspect
+    from biocap_ray.data.ops import convert
     from biocap_ray.evaluate.run import evaluate
     from biocap_ray.runtime import init_ray
     from biocap_ray.train.run import train
 
     init_ray(cfg.ray)
     out = {name: storage.join(output_uri, name) for name in ("shards", "context", "captions", "captioned", "train", "evaluate")}
-    if _stage("ingest", out["shards"], overwrite):
-        convert(input_uri, out["shards"], cfg.data, to="webdataset", overwrite=overwrite)
-    data = inspect(out["shards"], cfg.data, src_format="webdataset")
-    print(data.render())
+    # a rerun after an interruption rewrites the shards whole (overwrite): they are the ingest's only output
+    ingest = run_stage("ingest", out["shards"], overwrite,
+                       lambda: convert(input_uri, out["shards"], cfg.data, to="webdataset", overwrite=True))
 
-    if _stage("context", out["context"], overwrite):
+    def context() -> dict:
         if cfg.pipeline.context_source:
-            import_context(cfg.pipeline.context_source, out["context"], cfg, overwrite=overwrite)
-        else:
-            build_wikipedia_context(out["shards"], out["context"], cfg, src_format="webdataset", overwrite=overwrite)
+            return import_context(cfg.pipeline.context_source, out["context"], cfg, overwrite=overwrite)
+        return build_wikipedia_context(out["shards"], out["context"], cfg, src_format="webdataset", overwrite=overwrite)
+
+    run_stage("context", out["context"], overwrite, context)
     cfg = cfg.model_copy(deep=True)
     cfg.caption.context_uri = cfg.caption.context_uri or out["context"]
 
-    # caption and train resume by themselves when interrupted; once finished, their summary is kept
-    captions = _finished_or(out["captions"], overwrite,
-                            lambda: caption(out["shards"], out["captions"], cfg, src_format="webdataset"))
-    if _stage("merge", out["captioned"], overwrite):
-        merge_captions(out["shards"], out["captions"], out["captioned"], cfg, overwrite=overwrite)
-    trained = _finished_or(out["train"], overwrite, lambda: train(out["captioned"], out["train"], cfg, "pipeline"))
+    captions = run_stage("caption", out["captions"], overwrite,
+                         lambda: caption(out["shards"], out["captions"], cfg, src_format="webdataset"))
+    run_stage("merge", out["captioned"], overwrite,
+              lambda: merge_captions(out["shards"], out["captions"], out["captioned"], cfg, overwrite=True))
+    trained = run_stage("train", out["train"], overwrite,
+                        lambda: train(out["captioned"], out["train"], cfg, "pipeline"))
     export = storage.join(out["train"], "export", "pipeline")
     if trained.get("best_export"):
         export = storage.join(export, "best")
-    if _stage("evaluate", storage.join(out["evaluate"], "metrics.json"), overwrite):
+
+    def evaluation() -> dict:
         # the best checkpoint's export, on the uids training held out (when it held some out);
         # tracked in the training run's MLflow store
         cfg.evaluate.mlflow_tracking_uri = (cfg.evaluate.mlflow_tracking_uri or cfg.train.mlflow_tracking_uri
                                             or default_tracking_uri(out["train"]))
         evaluate(out["captioned"], out["evaluate"], cfg, [f"biocap={cfg.train.model}:{export}"],
                  held_out=cfg.train.val_fraction > 0)
+        return {"metrics": storage.redact(storage.join(out["evaluate"], "metrics.json"))}
+
+    run_stage("evaluate", out["evaluate"], overwrite, evaluation)
     scores = json.loads(storage.read_bytes(storage.join(out["evaluate"], "metrics.json")))["models"]["biocap"]
 
     return {
-        "records": data.records,
-        "ingest_errors": data.errors,
-        "classes": len(data.classes),
+        "records": ingest["records"],
+        "ingest_errors": ingest["errors"],
         "captions_written": captions["captioned"],
         "caption_errors": captions["errors"],
         "qc_pass_rate": captions["qc_pass_rate"],
@@ -105,7 +105,7 @@ def render(summary: dict) -> str:
 
     return "\n".join([
         "pipeline finished",
-        f"  images      {summary['records']} ({summary['ingest_errors']} ingest errors, {summary['classes']} classes)",
+        f"  images      {summary['records']} ingested ({summary['ingest_errors']} ingest errors)",
         f"  captions    {summary['captions_written']} written, QC pass rate {pct(summary['qc_pass_rate'])},"
         f" {summary['caption_errors']} errors",
         f"  training    {summary['train_steps']} steps, final loss {summary['train_loss']}",

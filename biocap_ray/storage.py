@@ -86,6 +86,13 @@ def makedirs(uri: str) -> None:
         fs.create_dir(path, recursive=True)
 
 
+def remove_tree(uri: str) -> None:
+    """Delete a folder and everything under it, if it exists."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from biocap_ray.caption.prepare import CaptionSetup, caption_row, error_row
+from biocap_ray.caption.prepare import CaptionSetup, caption_row, error_row, row_seed
 from biocap_ray.config import CaptionConfig
 
 log = logging.getLogger(__name__)
@@ -98,29 +98,47 @@ class EngineActor:
             self._start()
         return results
 
-    def _row(self, r: dict, g: Generation, latency_s: float) -> dict:
+    def _row(self, r: dict, g: Generation, latency_s: float, attempt: int) -> dict:
         return caption_row(r, g.text, self.setup, input_tokens=g.input_tokens, output_tokens=g.output_tokens,
-                           cached_tokens=g.cached_tokens, latency_s=latency_s)
+                           cached_tokens=g.cached_tokens, latency_s=latency_s, attempt=attempt)
 
-    def __call__(self, batch: dict) -> dict:
-        rows = [{k: _plain(batch[k][i]) for k in batch} for i in range(len(batch["uid"]))]
-        images = [Image.fromarray(np.asarray(r["pixels"], dtype=np.uint8)) for r in rows]
+    def _caption(self, rows: list[dict], images: list[Image.Image], attempt: int) -> list[dict]:
+        """One caption row per input row (an error row where the engine fails it even alone)."""
+        seed = row_seed(rows[0]["uid"], attempt, self.setup.seed)
         start = time.perf_counter()
-        results = self._generate([r["prompt"] for r in rows], images, int(rows[0]["seed"]) if rows else 0)
+        results = self._generate([r["prompt"] for r in rows], images, seed)
         per_row = (time.perf_counter() - start) / max(1, len(rows))
         out: list[dict] = []
         for r, img, g in zip(rows, images, results):
             if isinstance(g, Exception):  # alone, so that one bad row cannot sink its batch
                 log.warning("row %s failed in its batch (%s: %s); retrying it alone", r["uid"], type(g).__name__, g)
                 t0 = time.perf_counter()
-                (g,) = self._generate([r["prompt"]], [img], int(r["seed"]))
+                (g,) = self._generate([r["prompt"]], [img], row_seed(r["uid"], attempt, self.setup.seed))
                 if isinstance(g, Exception):
                     out.append(error_row(r["uid"], f"engine failed: {type(g).__name__}: {g}", self.setup))
                     continue
-                out.append(self._row(r, g, time.perf_counter() - t0))
+                out.append(self._row(r, g, time.perf_counter() - t0, attempt))
             else:
-                out.append(self._row(r, g, per_row))
-        return {k: [row[k] for row in out] for k in out[0]} if out else {}
+                out.append(self._row(r, g, per_row, attempt))
+        return out
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [{k: _plain(batch[k][i]) for k in batch} for i in range(len(batch["uid"]))]
+        if not rows:
+            return {}
+        images = [Image.fromarray(np.asarray(r["pixels"], dtype=np.uint8)) for r in rows]
+        out = self._caption(rows, images, 0)
+        # qc_action=retry: captions that fail QC are generated again with a new seed, here, so
+        # every uid still gets exactly one row (the first passing attempt, else the last one)
+        attempts = self.cfg.max_attempts if self.cfg.qc_action == "retry" else 1
+        for attempt in range(1, attempts):
+            again = [i for i, row in enumerate(out) if row["error"] is None and not row["qc_pass"]]
+            if not again:
+                break
+            for i, row in zip(again, self._caption([rows[i] for i in again], [images[i] for i in again], attempt)):
+                if row["error"] is None:
+                    out[i] = row
+        return {k: [row[k] for row in out] for k in out[0]}
 
 
 def engine_class(name: str) -> type[EngineActor]:

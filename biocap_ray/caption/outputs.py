@@ -1,18 +1,16 @@
-"""The caption output: Parquet parts, each written whole, so an interrupted run leaves only
-complete parts and a rerun skips exactly the uids they hold (no duplicates, no gaps)."""
+"""The caption output: Parquet parts of one row per uid, each written whole by a Ray task, so
+an interrupted run leaves only complete parts and a rerun skips exactly the uids they hold
+(no duplicates, no gaps)."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biocap_ray import storage
 from biocap_ray.caption.quality import QC_FLAGS
-
-log = logging.getLogger(__name__)
 
 OUTPUT_SCHEMA = pa.schema(
     [("uid", pa.string()), ("caption", pa.string())]
@@ -35,10 +33,6 @@ OUTPUT_SCHEMA = pa.schema(
 )
 
 
-def attempt_dir(dst: str, attempt: int) -> str:
-    return dst if attempt == 0 else storage.join(dst, f"retry-{attempt}")
-
-
 def write_part(rows: pa.Table, folder: str, prefix: str = "part") -> str:
     """Write ``rows`` as one Parquet part named by a hash of its uids (a rewrite is idempotent).
 
@@ -58,42 +52,32 @@ def write_part(rows: pa.Table, folder: str, prefix: str = "part") -> str:
     return uri
 
 
-def _parts(folder: str) -> list[str]:
+def part_uris(folder: str) -> list[str]:
+    """The complete parts directly in ``folder`` (a part being written has a hidden name)."""
     if not storage.exists(folder):
         return []
     fs, root = storage.resolve(folder)
-    return [p for p in storage.list_files(folder, (".parquet",)) if p.rsplit("/", 1)[0] == root.rstrip("/")]
+    paths = [p for p in storage.list_files(folder, (".parquet",)) if p.rsplit("/", 1)[0] == root.rstrip("/")]
+    return [f"s3://{p}" for p in paths] if storage.is_s3(folder) else paths
+
+
+def dataset(folder: str, columns: list[str] | None = None, num_cpus: float = 0.25):
+    """Every caption row as a Ray Dataset (None when there are none yet): for cluster-side
+    summaries and joins, so no caption passes through the driver."""
+    import ray
+
+    uris = part_uris(folder)
+    if not uris:
+        return None
+    fs, _ = storage.resolve(folder)
+    return ray.data.read_parquet([storage.resolve(u)[1] for u in uris], filesystem=fs, columns=columns,
+                                 schema=OUTPUT_SCHEMA if columns is None else None, num_cpus=num_cpus)
 
 
 def read_parts(folder: str, columns: list[str] | None = None) -> pa.Table:
-    """Every complete part directly in ``folder`` (not in sub-folders)."""
+    """Every part as one table on this process: for tests and small outputs only."""
     fs, _ = storage.resolve(folder)
-    tables = []
-    for path in _parts(folder):
-        try:
-            tables.append(pq.read_table(path, filesystem=fs, columns=columns))
-        except (pa.ArrowInvalid, OSError) as exc:  # only a foreign or damaged file can fail here
-            log.warning("skipping unreadable caption part %s: %s", path, exc)
+    tables = [pq.read_table(storage.resolve(u)[1], filesystem=fs, columns=columns) for u in part_uris(folder)]
     if not tables:
         return OUTPUT_SCHEMA.empty_table().select(columns) if columns else OUTPUT_SCHEMA.empty_table()
-    return pa.concat_tables(tables, promote_options="default")  # parts written before a column was added
-
-
-def done_uids(dst: str, attempt: int = 0) -> set[str]:
-    return set(read_parts(attempt_dir(dst, attempt), ["uid"]).column("uid").to_pylist())
-
-
-def read_captions(dst: str) -> pa.Table:
-    """One row per uid over all attempts: the first passing attempt, else the latest one."""
-    tables = [read_parts(dst)]
-    attempt = 1
-    while storage.exists(attempt_dir(dst, attempt)):
-        tables.append(read_parts(attempt_dir(dst, attempt)))
-        attempt += 1
-    rows = pa.concat_tables(tables).to_pylist()
-    best: dict[str, dict] = {}
-    for row in sorted(rows, key=lambda r: r["attempt"]):
-        cur = best.get(row["uid"])
-        if cur is None or not cur["qc_pass"]:
-            best[row["uid"]] = row
-    return pa.Table.from_pylist(sorted(best.values(), key=lambda r: r["uid"]), schema=OUTPUT_SCHEMA)
+    return pa.concat_tables(tables, promote_options="default")

@@ -34,7 +34,6 @@ class CaptionSetup:
     image_size: int
     rules: QualityRules
     max_pixels: int  # data.max_image_pixels: larger images are decompression bombs
-    attempt: int = 0
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -103,7 +102,7 @@ def bounded_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
 
 
 PREPARED_COLUMNS = ("uid", "prompt", "pixels", "reference", "names", "context_level", "examples_level",
-                    "context_hash", "prefix_key", "seed")
+                    "context_hash", "prefix_key")
 
 
 def prepare_batch(batch: pa.Table, setup: CaptionSetup) -> dict:
@@ -135,13 +134,12 @@ def prepare_batch(batch: pa.Table, setup: CaptionSetup) -> dict:
         out["prefix_key"].append(
             hashlib.sha1(static.encode()).hexdigest()[:12] if setup.template.order == "static_first" else None
         )
-        out["seed"].append(row_seed(row["uid"], setup.attempt, setup.seed))
     return {"prepared": out, "errors": errors}
 
 
 def caption_row(prepared: dict, text: str | None, setup: CaptionSetup, *, input_tokens: int | None,
                 output_tokens: int | None, latency_s: float | None, cached_tokens: int | None = None,
-                error: str | None = None) -> dict:
+                error: str | None = None, attempt: int = 0) -> dict:
     """One output row: the caption, its QC flags and where it came from."""
     text = (text or "").strip() if error is None else None
     flags = check(text, prepared["names"], prepared["reference"], setup.rules, setup.names)
@@ -163,7 +161,7 @@ def caption_row(prepared: dict, text: str | None, setup: CaptionSetup, *, input_
         "output_tokens": output_tokens,
         "cached_tokens": cached_tokens,
         "latency_s": latency_s,
-        "attempt": setup.attempt,
+        "attempt": attempt,
         "error": error,
     }
 

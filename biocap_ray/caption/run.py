@@ -2,19 +2,18 @@
 
 Stages (each a Ray Data operator, streaming):
   read records → skip uids already captioned → prepare (decode, bound, context, chat template)
-  → engine (vLLM or transformers, one engine per actor of a Ray Data pool) → the driver writes
-  complete Parquet parts of ``rows_per_file`` captions and shows images/s, tokens/s and ETA.
-With ``qc_action=retry`` the captions that fail QC are generated again (new seed) in
-``retry-N/`` folders; ``outputs.read_captions`` keeps the first passing attempt per uid.
+  → engine (vLLM or transformers, one engine per actor of a Ray Data pool; with
+  ``qc_action=retry`` failing captions are regenerated there) → write tasks store complete
+  Parquet parts of ``rows_per_file`` captions; the driver shows images/s, tokens/s and ETA.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from biocap_ray import storage
@@ -26,7 +25,7 @@ from biocap_ray.caption.quality import QC_FLAGS, NameIndex, QualityRules
 from biocap_ray.config import Config
 from biocap_ray.context.lookup import ContextLookup
 from biocap_ray.context.table import read_context
-from biocap_ray.data import readers
+from biocap_ray.data import readers, uid_set
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def _run_names(cfg: Config) -> NameIndex:
     return NameIndex(names)
 
 
-def build_setup(cfg: Config, attempt: int = 0) -> CaptionSetup:
+def build_setup(cfg: Config) -> CaptionSetup:
     c = cfg.caption
     if not c.model:
         raise ValueError("caption.model is empty: set it to a model folder, an s3:// folder or a hub id")
@@ -64,15 +63,8 @@ def build_setup(cfg: Config, attempt: int = 0) -> CaptionSetup:
         image_size=c.image_size,
         rules=QualityRules(max_words=c.max_words, copy_threshold=c.copy_threshold),
         max_pixels=cfg.data.max_image_pixels,
-        attempt=attempt,
         seed=c.sampling.seed,
     )
-
-
-def _select(batch: pa.Table, skip: set[str] | None, only: set[str] | None) -> pa.Table:
-    uids = batch.column("uid").to_pylist()
-    keep = [(only is None or u in only) and (skip is None or u not in skip) for u in uids]
-    return batch.filter(pa.array(keep, pa.bool_()))
 
 
 def _prepare_udf(batch: pa.Table, setup: CaptionSetup, folder: str) -> dict:
@@ -82,6 +74,13 @@ def _prepare_udf(batch: pa.Table, setup: CaptionSetup, folder: str) -> dict:
         rows = [error_row(e["uid"], e["error"], setup) for e in result["errors"]]
         outputs.write_part(pa.Table.from_pylist(rows, schema=outputs.OUTPUT_SCHEMA), folder, prefix="part-err")
     return result["prepared"]
+
+
+def _write_udf(batch: pa.Table, folder: str) -> pa.Table:
+    """Write one complete part of caption rows (a Ray task); only its counts go back to the driver."""
+    outputs.write_part(batch, folder)
+    tokens = pc.sum(batch.column("output_tokens")).as_py() or 0
+    return pa.table({"rows": [batch.num_rows], "output_tokens": [tokens]})
 
 
 def _engine_stage(prepared, cfg: Config, setup: CaptionSetup):
@@ -112,23 +111,21 @@ class _Progress:
 
         self.bar = tqdm(total=total, unit="img", desc=label, mininterval=2.0)
         self.start, self.images, self.tokens = time.perf_counter(), 0, 0
-        self.first_at = self.last_at = None  # steady state: from the first caption batch to the last
+        self.first_at = self.last_at = None  # steady state: from the first written part to the last
         self.after_first = 0
 
-    def update(self, rows: pa.Table) -> None:
-        n = rows.num_rows
+    def update(self, images: int, tokens: int) -> None:
         now = time.perf_counter()
         if self.first_at is None:
             self.first_at = now
         else:
-            self.after_first += n
+            self.after_first += images
         self.last_at = now
-        toks = rows.column("output_tokens").to_pylist()
-        self.images += n
-        self.tokens += sum(t for t in toks if t)
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.images += images
+        self.tokens += tokens
+        elapsed = max(now - self.start, 1e-9)
         self.bar.set_postfix(img_s=f"{self.images / elapsed:.2f}", tok_s=f"{self.tokens / elapsed:.1f}")
-        self.bar.update(n)
+        self.bar.update(images)
 
     def close(self) -> float:
         self.bar.close()
@@ -141,91 +138,106 @@ class _Progress:
         return self.after_first / (self.last_at - self.first_at)
 
 
-def _stream(out_ds, folder: str, rows_per_file: int, progress: _Progress) -> int:
-    pending: list[pa.Table] = []
-    count, written = 0, 0
-    for batch in out_ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        if batch.num_rows == 0:
-            continue
-        batch = batch.select(outputs.OUTPUT_SCHEMA.names).cast(outputs.OUTPUT_SCHEMA)
-        pending.append(batch)
-        count += batch.num_rows
-        progress.update(batch)
-        while count >= rows_per_file:
-            table = pa.concat_tables(pending)
-            outputs.write_part(table.slice(0, rows_per_file), folder)
-            rest = table.slice(rows_per_file)
-            pending, count = ([rest] if rest.num_rows else []), rest.num_rows
-            written += rows_per_file
-    if count:
-        outputs.write_part(pa.concat_tables(pending), folder)
-        written += count
-    return written
+_COUNTED = ("error_rows", "qc_pass", *QC_FLAGS, "output_tokens", "cached_tokens", "cached_of_input")
 
 
-def summarize(table: pa.Table) -> dict:
-    """Counts, QC pass rate per check, context coverage and prefix-cache hits over the final captions."""
-    rows = table.to_pylist()
-    ok = [r for r in rows if not r["error"]]
-    cached = [(r["cached_tokens"], r["input_tokens"]) for r in ok if r["cached_tokens"] is not None]
-    qc = {f: sum(1 for r in ok if r[f]) for f in QC_FLAGS}
+def _tally(batch: pa.Table) -> pa.Table:
+    """One row of counts per batch of caption rows (pyarrow compute; summed in the cluster)."""
+    ok = batch.filter(pc.is_null(batch.column("error")))
+    cached = ok.filter(pc.is_valid(ok.column("cached_tokens")))
+
+    def total(table: pa.Table, column: str) -> int:
+        values = table.column(column)
+        return int(pc.sum(pc.cast(values, pa.int64())).as_py() or 0) if len(values) else 0
+
+    row = {"error_rows": batch.num_rows - ok.num_rows, **{f: total(ok, f) for f in ("qc_pass", *QC_FLAGS)},
+           "output_tokens": total(ok, "output_tokens"), "cached_tokens": total(cached, "cached_tokens"),
+           "cached_of_input": total(cached, "input_tokens"), "with_cached": cached.num_rows}
+    return pa.table({k: [v] for k, v in row.items()})
+
+
+def summarize(folder: str) -> dict:
+    """Counts, QC pass rate per check, context coverage and prefix-cache hits over the captions,
+    computed by Ray Data aggregates over a few columns: no caption row reaches the driver."""
+    from ray.data.aggregate import Count, Sum
+    from ray.data.expressions import col
+
+    columns = ["uid", "error", "qc_pass", *QC_FLAGS, "output_tokens", "cached_tokens", "input_tokens",
+               "context_level", "examples_level"]
+    ds = outputs.dataset(folder, columns)
+    if ds is None:
+        return {"images": 0, "captioned": 0, "errors": 0, "qc_pass": 0, "qc_pass_rate": 0.0,
+                "qc_failures": {f: 0 for f in QC_FLAGS}, "context_levels": {}, "examples_levels": {},
+                "prefix_cache_hit_rate": None, "output_tokens": 0, "error_examples": []}
+    ds = ds.materialize()  # a few small columns, read once for the passes below
+    tallies = ds.map_batches(_tally, batch_format="pyarrow")
+    t = tallies.aggregate(Count(), *(Sum(c) for c in (*_COUNTED, "with_cached")))
+    t = {k.removeprefix("sum(").rstrip(")"): int(v or 0) for k, v in t.items()}
+    images = int(ds.count())
+    captioned = images - t["error_rows"]
+
+    def levels(column: str) -> dict[str, int]:
+        ok = ds.filter(expr=col("error").is_null()).select_columns([column])
+        return {(r[column] or "none"): int(r["count()"]) for r in ok.groupby(column).count().take_all()}
+
+    errors = ds.filter(expr=col("error").is_not_null()).select_columns(["uid", "error"]).take(5)
     return {
-        "images": len(rows),
-        "captioned": len(ok),
-        "errors": len(rows) - len(ok),
-        "qc_pass": sum(1 for r in ok if r["qc_pass"]),
-        "qc_pass_rate": round(sum(1 for r in ok if r["qc_pass"]) / len(ok), 4) if ok else 0.0,
-        "qc_failures": qc,
-        "context_levels": dict(Counter(r["context_level"] or "none" for r in ok)),
-        "examples_levels": dict(Counter(r["examples_level"] or "none" for r in ok)),
+        "images": images,
+        "captioned": captioned,
+        "errors": t["error_rows"],
+        "qc_pass": t["qc_pass"],
+        "qc_pass_rate": round(t["qc_pass"] / captioned, 4) if captioned else 0.0,
+        "qc_failures": {f: t[f] for f in QC_FLAGS},
+        "context_levels": levels("context_level"),
+        "examples_levels": levels("examples_level"),
         # prompt tokens the engine served from its prefix cache (vLLM only)
-        "prefix_cache_hit_rate": round(sum(c for c, _ in cached) / max(1, sum(n for _, n in cached)), 4)
-        if cached else None,
-        "output_tokens": sum(r["output_tokens"] or 0 for r in ok),
-        "error_examples": [{"uid": r["uid"], "error": r["error"]} for r in rows if r["error"]][:5],
+        "prefix_cache_hit_rate": round(t["cached_tokens"] / max(1, t["cached_of_input"]), 4)
+        if t["with_cached"] else None,
+        "output_tokens": t["output_tokens"],
+        "error_examples": [{"uid": r["uid"], "error": r["error"]} for r in errors],
     }
 
 
 def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> dict:
-    """Caption every record of ``src`` into ``dst``; rerunning resumes where it stopped."""
+    """Caption every record of ``src`` into ``dst``; rerunning resumes where it stopped.
+
+    The uids of the parts already written are skipped inside the read tasks, against a hashed
+    uid set held in the object store (:mod:`biocap_ray.data.uid_set`); captions are written by
+    Ray tasks, ``caption.rows_per_file`` rows per part; the driver sees only per-part counts.
+    """
     c = cfg.caption
     fmt = src_format or readers.detect_format(src)
     total_in = readers.count_records(src, fmt)
-    timing = {"images": 0, "seconds": 0.0, "steady": None}
-    only: set[str] | None = None
-    for attempt in range(c.max_attempts if c.qc_action == "retry" else 1):
-        folder = outputs.attempt_dir(dst, attempt)
-        setup = build_setup(cfg, attempt)
-        skip = outputs.done_uids(dst, attempt)
-        todo = None if total_in is None else (len(only) if only is not None else total_in) - len(skip)
-        if todo == 0 or (only is not None and not only - skip):
-            log.info("caption attempt %d: nothing left to do", attempt)
-        else:
-            log.info("caption attempt %d: %s images to do (%d done before)", attempt, todo or "?", len(skip))
-            ds = readers.read_records(src, cfg.data, fmt)
-            kw = {"batch_format": "pyarrow", "num_cpus": c.num_cpus_per_task, "batch_size": c.batch_size}
-            ds = ds.map_batches(_select, fn_kwargs={"skip": skip, "only": only}, **kw)
-            prepared = ds.map_batches(_prepare_udf, fn_kwargs={"setup": setup, "folder": folder}, **kw)
-            progress = _Progress(todo, f"caption[{attempt}]")
-            timing["images"] += _stream(_engine_stage(prepared, cfg, setup), folder, c.rows_per_file, progress)
-            timing["seconds"] += progress.close()
-            timing["steady"] = timing["steady"] or progress.steady_rate()
-        if c.qc_action != "retry":
-            break
-        final = outputs.read_captions(dst)
-        only = {r["uid"] for r in final.to_pylist() if not r["error"] and not r["qc_pass"]}
-        if not only:
-            break
-    summary = summarize(outputs.read_captions(dst))
+    setup = build_setup(cfg)
+    done, done_count = uid_set.build(outputs.part_uris(dst), num_cpus=c.num_cpus_per_task)
+    todo = None if total_in is None else max(0, total_in - done_count)
+    log.info("caption: %s images to do (%d done before)", "?" if todo is None else todo, done_count)
+    kw = {"batch_format": "pyarrow", "num_cpus": c.num_cpus_per_task, "batch_size": c.batch_size}
+    ds = readers.read_records(src, cfg.data, fmt)
+    if done is not None:
+        ds = ds.map_batches(uid_set.drop_members, fn_kwargs={"uid_set": [done]}, **kw)
+    prepared = ds.map_batches(_prepare_udf, fn_kwargs={"setup": setup, "folder": dst}, **kw)
+    written = _engine_stage(prepared, cfg, setup).map_batches(
+        _write_udf, fn_kwargs={"folder": dst}, batch_format="pyarrow", batch_size=c.rows_per_file,
+        num_cpus=c.num_cpus_per_task)
+    progress = _Progress(todo, "caption")
+    images = 0
+    if todo != 0:
+        for counts in written.iter_batches(batch_format="pyarrow", batch_size=None):
+            for n, tokens in zip(counts.column("rows").to_pylist(), counts.column("output_tokens").to_pylist()):
+                progress.update(n, tokens)
+                images += n
+    seconds, steady = progress.close(), progress.steady_rate()
+    summary = summarize(dst)
     engines = c.concurrency if isinstance(c.concurrency, int) else c.concurrency[1]
     gpus = engines * c.num_gpus_per_engine * c.tensor_parallel_size
-    rate = timing["images"] / timing["seconds"] if timing["seconds"] else 0.0
+    rate = images / seconds if seconds and images else 0.0
     summary.update({
         "destination": storage.redact(dst),
-        "this_run_images": timing["images"],
-        "this_run_seconds": round(timing["seconds"], 1),
+        "this_run_images": images,
+        "this_run_seconds": round(seconds, 1),
         "images_per_s": round(rate, 3),
-        "steady_images_per_s": round(timing["steady"], 3) if timing["steady"] else None,
+        "steady_images_per_s": round(steady, 3) if steady else None,
         "gpu_hours_per_million_images": round(gpus * 1e6 / rate / 3600, 2) if rate and gpus else None,
         "engine_hours_per_million_images": round(engines * 1e6 / rate / 3600, 2) if rate else None,
     })
@@ -233,4 +245,3 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
         summary["dropped_by_qc"] = summary["captioned"] - summary["qc_pass"]
     log.info("caption summary: %s", summary)
     return summary
-

@@ -38,8 +38,9 @@ def engine_kwargs(cfg: CaptionConfig, setup: CaptionSetup) -> dict:
         "dtype": cfg.dtype,
         "max_num_seqs": cfg.batch_size,
         "limit_mm_per_prompt": {"image": 1},
-        # one seed per engine and attempt (vLLM's CPU backend fails on per-request seeds)
-        "seed": setup.seed + 1000 * setup.attempt,
+        # one seed per engine (vLLM's CPU backend fails on per-request seeds); a QC retry draws
+        # a new sample from the engine's advanced random state
+        "seed": setup.seed,
     }
     if cfg.quantization:
         kwargs["quantization"] = cfg.quantization

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from biocap_ray import storage
 from biocap_ray.config import DataConfig
@@ -63,11 +62,11 @@ def convert(
                 _mark_duplicates, fn_kwargs={"first": first}, batch_size=cfg.batch_size,
                 num_cpus=cfg.num_cpus_per_task, batch_format="pyarrow",
             )
+    if overwrite:  # error rows from an earlier run go too
+        storage.remove_tree(dst)
     good = writers.checked(ds, cfg, dst)
-    if to == "webdataset":
-        writers.write_webdataset(good, dst, cfg, overwrite=overwrite)
-    else:
-        writers.write_parquet(good, dst, cfg, overwrite=overwrite)
+    write = writers.write_webdataset if to == "webdataset" else writers.write_parquet
+    records = write(good, dst, cfg, overwrite=overwrite)
     errors = writers.read_errors(dst)
     written = sum(1 for _ in storage.list_files(dst, (".tar", ".parquet")))
     return {
@@ -75,6 +74,7 @@ def convert(
         "destination": storage.redact(dst),
         "format": to,
         "files": written,
+        "records": records,
         "errors": errors.num_rows,
     }
 
@@ -124,54 +124,64 @@ class Summary:
         return "\n".join(lines)
 
 
-def _spread(values: list[int]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+def _fact_counts(batch: pa.Table) -> pa.Table:
+    """One row of counts per batch of facts; summed over the dataset by a Ray aggregate."""
+    ok = batch.filter(pc.is_null(batch.column("error")))
+    present = pc.fill_null(ok.column("ranks_present"), "")
+    row = {"records": batch.num_rows, "ok": ok.num_rows,
+           "with_caption": int(pc.sum(ok.column("has_caption")).as_py() or 0),
+           "with_common_name": int(pc.sum(ok.column("has_common_name")).as_py() or 0),
+           **{f"rank_{r}": int(pc.sum(pc.match_substring(present, r)).as_py() or 0) for r in RANKS}}
+    return pa.table({k: [v] for k, v in row.items()})
+
+
+def _reason(batch: pa.Table) -> pa.Table:
+    """Error rows with their reason: the message up to its first detail."""
+    errors = batch.filter(pc.is_valid(batch.column("error")))
+    reasons = [e.split(":")[0].split(" (")[0] for e in errors.column("error").to_pylist()]
+    return errors.select(["uid", "origin", "error"]).append_column("reason", pa.array(reasons, pa.string()))
+
+
+def _counts(ds, column: str, parts: int = 8) -> dict[str, int]:
+    """Rows per value of ``column``, most frequent first (a Ray Data group-by: one row per value)."""
+    rows = ds.groupby(column, num_partitions=parts).count().take_all()
+    return dict(sorted(((r[column] or "none", int(r["count()"])) for r in rows), key=lambda kv: (-kv[1], kv[0])))
 
 
 def inspect(src: str, cfg: DataConfig, src_format: str | None = None, examples: int = 10) -> Summary:
-    """Decode every record once and count: records, errors, ranks, classes, image sizes, duplicates."""
+    """Decode every record once and count: records, errors, ranks, classes, image sizes, duplicates.
+
+    Every count is a Ray Data aggregate or group-by over a small per-record row of facts kept in
+    the object store; the driver receives totals, one row per distinct value and a few examples.
+    """
+    from ray.data.aggregate import Count, Max, Mean, Min, Sum
+    from ray.data.expressions import col
+
     ds = readers.read_records(src, cfg, src_format)
     facts = ds.map_batches(
         facts_batch, fn_kwargs={"max_pixels": cfg.max_image_pixels}, batch_size=cfg.batch_size,
         num_cpus=cfg.num_cpus_per_task, batch_format="pyarrow",
-    )
-    s = Summary()
-    reasons: Counter = Counter()
-    ranks: Counter = Counter()
-    label_ranks: Counter = Counter()
-    classes: Counter = Counter()
-    modes: Counter = Counter()
-    uids: Counter = Counter()
-    widths: list[int] = []
-    heights: list[int] = []
-    for batch in facts.iter_batches(batch_format="pyarrow", batch_size=4096):
-        for row in batch.to_pylist():
-            s.records += 1
-            uids[row["uid"]] += 1
-            if row["error"]:
-                s.errors += 1
-                reasons[row["error"].split(":")[0].split(" (")[0]] += 1
-                if len(s.error_examples) < examples:
-                    s.error_examples.append({k: row[k] for k in ("uid", "origin", "error")})
-                continue
-            s.ok += 1
-            ranks.update(r for r in row["ranks_present"].split(",") if r)
-            label_ranks[row["label_rank"] or "none"] += 1
-            classes[row["class"] or "unknown"] += 1
-            modes[row["mode"]] += 1
-            widths.append(row["width"])
-            heights.append(row["height"])
-            s.with_caption += row["has_caption"]
-            s.with_common_name += row["has_common_name"]
-    dups = sorted(u for u, n in uids.items() if n > 1)
-    s.duplicate_uids = len(dups)
-    s.duplicate_examples = dups[:examples]
-    s.error_reasons = dict(reasons.most_common())
-    s.ranks_present = {r: ranks.get(r, 0) for r in RANKS}
-    s.label_ranks = {r: label_ranks[r] for r in (*RANKS, "none") if label_ranks.get(r)}
-    s.classes = dict(classes.most_common())
-    s.image_modes = dict(modes.most_common())
-    s.width, s.height = _spread(widths), _spread(heights)
+    ).materialize()
+    counted = ("records", "ok", "with_caption", "with_common_name", *(f"rank_{r}" for r in RANKS))
+    totals = facts.map_batches(_fact_counts, batch_format="pyarrow").aggregate(*(Sum(c) for c in counted))
+    totals = {k[len("sum("):-1]: int(v or 0) for k, v in totals.items()}
+    s = Summary(records=totals["records"], ok=totals["ok"], errors=totals["records"] - totals["ok"],
+                with_caption=totals["with_caption"], with_common_name=totals["with_common_name"])
+    s.ranks_present = {r: totals[f"rank_{r}"] for r in RANKS}
+    if s.errors:
+        errors = facts.map_batches(_reason, batch_format="pyarrow")
+        s.error_reasons = _counts(errors, "reason")
+        s.error_examples = [{k: r[k] for k in ("uid", "origin", "error")} for r in errors.take(examples)]
+    dups = facts.select_columns(["uid"]).groupby("uid", num_partitions=8).count().filter(expr=col("count()") > 1)
+    dups = dups.materialize()
+    s.duplicate_uids = int(dups.count())
+    s.duplicate_examples = sorted(r["uid"] for r in dups.take(examples))
+    if s.ok:
+        good = facts.filter(expr=col("error").is_null())
+        labels = _counts(good, "label_rank")
+        s.label_ranks = {r: labels[r] for r in (*RANKS, "none") if labels.get(r)}
+        s.classes = _counts(good, "class")
+        s.image_modes = _counts(good, "mode")
+        size = good.aggregate(*(agg(c) for c in ("width", "height") for agg in (Min, Mean, Max)))
+        s.width, s.height = ({k: round(size[f"{k}({c})"], 1) for k in ("min", "mean", "max")} for c in ("width", "height"))
     return s

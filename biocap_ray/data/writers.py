@@ -75,27 +75,44 @@ def _save_mode(overwrite: bool):
     return SaveMode.OVERWRITE if overwrite else SaveMode.ERROR
 
 
-def write_webdataset(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> None:
-    """Write good records as ``.tar`` shards of about ``samples_per_shard`` samples."""
+def _counted(sink_class):
+    """Ray's own file sink, remembering how many rows the write stored (Ray reports it to the
+    driver once, at the end), so a stage counts its output without reading it again."""
+
+    class Counted(sink_class):
+        rows_written = 0
+
+        def on_write_complete(self, write_result) -> None:
+            super().on_write_complete(write_result)
+            self.rows_written = write_result.num_rows
+
+    return Counted
+
+
+def write_webdataset(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> int:
+    """Write good records as ``.tar`` shards of about ``samples_per_shard`` samples; returns the count."""
+    from ray.data._internal.datasource.webdataset_datasink import WebDatasetDatasink
+
     fs, path = storage.resolve(dst)
     shards = ds.map_batches(
         _to_shard_batch, batch_size=cfg.batch_size, num_cpus=cfg.num_cpus_per_task, batch_format="pyarrow"
     )
-    shards.write_webdataset(
-        path, filesystem=fs, encoder=None, min_rows_per_file=cfg.samples_per_shard, mode=_save_mode(overwrite)
-    )
+    sink = _counted(WebDatasetDatasink)(path, encoder=None, min_rows_per_file=cfg.samples_per_shard,
+                                        filesystem=fs, dataset_uuid=shards._uuid, mode=_save_mode(overwrite))
+    shards.write_datasink(sink)
+    return sink.rows_written
 
 
-def write_parquet(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> None:
-    """Write good records as Parquet files in the record schema."""
+def write_parquet(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> int:
+    """Write good records as Parquet files in the record schema; returns the count."""
+    from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
+
     fs, path = storage.resolve(dst)
-    ds.write_parquet(
-        path,
-        filesystem=fs,
-        min_rows_per_file=cfg.samples_per_shard,
-        mode=_save_mode(overwrite),
-        schema=schema.RECORD_SCHEMA,
-    )
+    sink = _counted(ParquetDatasink)(path, arrow_parquet_args={"schema": schema.RECORD_SCHEMA},
+                                     min_rows_per_file=cfg.samples_per_shard,
+                                     filesystem=fs, dataset_uuid=ds._uuid, mode=_save_mode(overwrite))
+    ds.write_datasink(sink)
+    return sink.rows_written
 
 
 def read_errors(dst: str) -> pa.Table:
