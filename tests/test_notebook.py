@@ -25,7 +25,7 @@ def test_the_sweep_notebook_executes_and_asha_stops_a_hopeless_trial(tmp_path, m
     monkeypatch.setenv("BIOCAP_SWEEP_OUT", str(out))
     monkeypatch.setenv("BIOCAP_SWEEP_OVERRIDES", json.dumps([
         "train.batch_size=8", "data.batch_size=8", "train.epochs=20", "train.checkpoint_every=10",
-        "train.cache_dataset=true", f"train.val_data={data}",
+        f"train.val_data={data}",
         # the first trial learns; the second barely moves, so ASHA stops it at its first report
         "tune.space={train.lr: {grid: [0.002, 1.0e-9]}, train.caption_weight: {grid: [0.3]}}",
         "tune.max_concurrent_trials=1",

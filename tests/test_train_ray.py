@@ -42,7 +42,7 @@ def test_it_learns(tmp_path):
     out = tmp_path / "out"
     data = _subset(tmp_path, 16)
     cfg = tiny("train.epochs=30", "train.lr=0.002", "train.checkpoint_every=10", "train.caption_weight=0.3",
-               "train.cache_dataset=true", f"train.val_data={data}", "evaluate.templates=photo")
+               f"train.val_data={data}", "evaluate.templates=photo")
     result = train(str(data), str(out), cfg, run_name="learn")
     history = losses(out, "learn")
     assert result["steps"] == 30 and len(history) == 30
@@ -67,13 +67,28 @@ def _subset(tmp_path: Path, n: int) -> Path:
     return sample_subset(tmp_path / f"data{n}", n)
 
 
+def _staged_checkpoints() -> set[str]:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("biocap-ckpt-")}
+
+
 def test_rerun_resumes_from_the_latest_checkpoint_in_joint_mode(tmp_path):
-    data = _subset(tmp_path, 32)
-    opts = ("train.mode=joint", "train.epochs=10", "train.checkpoint_every=2", "train.data_actors=1")  # as in production
-    first = train(str(data), str(tmp_path / "out"), tiny("train.max_steps=4", *opts), "resume")
-    assert first["steps"] == 4 and first["restored_from_step"] == -1
+    """The rerun continues the MLflow run and its data plan starts at the checkpoint's position
+    (the units before it are never read or decoded again); no staged checkpoint folder is left."""
+    from biocap_ray.train.order import plan, unit_counts
+
+    data = _subset(tmp_path, 40)
+    staged = _staged_checkpoints()
+    opts = ("train.mode=joint", "train.epochs=10", "train.checkpoint_every=3", "train.data_actors=1",  # as in production
+            "data.batch_size=4")
+    first = train(str(data), str(tmp_path / "out"), tiny("train.max_steps=3", *opts), "resume")
+    assert first["steps"] == 3 and first["restored_from_step"] == -1 and first["records_skipped_on_resume"] == 0
     again = train(str(data), str(tmp_path / "out"), tiny("train.max_steps=8", *opts), "resume")
-    assert again["steps"] == 8 and again["restored_from_step"] == 4
+    assert again["steps"] == 8 and again["restored_from_step"] == 3
+    position = 3 * 2 * 8  # 3 steps of 2 workers x batch 8
+    units, counts = unit_counts(str(data), tiny(*opts), str(tmp_path / "out" / "runs"))
+    assert len(units) == 10 and counts == [4] * 10  # metadata chunks of data.batch_size rows
+    assert again["records_skipped_on_resume"] == plan(counts, 0, 11, position)[1] == position  # units align
+    assert _staged_checkpoints() <= staged
     steps = [s for s, _ in losses(tmp_path / "out", "resume")]
     assert steps == list(range(1, 9))  # one MLflow run, continued, every step once
     run = mlflow.search_runs(experiment_names=["biocap"], output_format="list")[0]
@@ -97,8 +112,7 @@ def _train_worker_pids() -> list[int]:
 def test_a_killed_worker_restarts_from_the_last_checkpoint(tmp_path):
     data = _subset(tmp_path, 32)
     out = tmp_path / "out"
-    cfg = tiny("train.epochs=20", "train.max_steps=40", "train.checkpoint_every=4", "train.max_failures=2",
-               "train.cache_dataset=true")
+    cfg = tiny("train.epochs=20", "train.max_steps=40", "train.checkpoint_every=4", "train.max_failures=2")
     killed: list[int] = []
 
     def killer():
@@ -191,3 +205,4 @@ def test_the_ingest_is_one_operator(capsys, actors, operator, decode):
     assert len(operators) == 2 and operators[1] == "InputDataBuffer[Input]", optimized
     assert operators[0].startswith(operator + "[") and "_split_rows" in operators[0], optimized
     assert operators[0].endswith(f"MapBatches({decode})]"), optimized
+

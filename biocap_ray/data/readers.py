@@ -62,16 +62,36 @@ def detect_format(uri: str) -> str:
     )
 
 
-def read_records(uri: str, cfg: DataConfig, fmt: str | None = None):
-    """Open ``uri`` as a streaming Ray Dataset in the record schema."""
+def read_records(uri: str, cfg: DataConfig, fmt: str | None = None, order: list[int] | None = None):
+    """Open ``uri`` as a streaming Ray Dataset in the record schema.
+
+    ``order``: indices into :func:`units` (files, or metadata chunks of a folder), in the order
+    to read them; an index may repeat (a training run reads its epochs as one stream).
+    """
     fmt = fmt or detect_format(uri)
     if fmt == "webdataset":
-        return _read_webdataset(uri, cfg)
+        return _read_webdataset(uri, cfg, order)
     if fmt == "folder":
-        return _read_folder(uri, cfg)
+        return _read_folder(uri, cfg, order)
     if fmt == "parquet":
-        return _read_parquet(uri, cfg)
+        return _read_parquet(uri, cfg, order)
     raise ValueError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def units(uri: str, cfg: DataConfig, fmt: str | None = None) -> tuple[list[str], list[int] | None]:
+    """The units a dataset is read in, and their record counts where they cost nothing to know:
+    shard files (counts unknown without reading them), Parquet files (counts from their footers)
+    or chunks of ``data.batch_size`` rows of a folder's metadata table."""
+    fmt = fmt or detect_format(uri)
+    if fmt == "webdataset":
+        return _shard_paths(uri), None
+    if fmt == "parquet":
+        fs, _ = storage.resolve(uri)
+        paths = _parquet_paths(uri)
+        return paths, [pq.read_metadata(p, filesystem=fs).num_rows for p in paths]
+    rows = read_metadata(metadata_uri(uri)).num_rows
+    sizes = [min(cfg.batch_size, rows - i) for i in range(0, max(rows, 1), cfg.batch_size)]
+    return [f"chunk-{i}" for i in range(len(sizes))], sizes
 
 
 def _task_kwargs(cfg: DataConfig) -> dict:
@@ -82,27 +102,31 @@ def count_records(uri: str, fmt: str | None = None) -> int | None:
     """The number of records without reading images (None for shards, which must be read to count)."""
     fmt = fmt or detect_format(uri)
     if fmt == "folder":
-        meta = uri if uri.lower().rstrip("/").endswith((".csv", ".tsv", ".parquet")) else next(
-            (storage.join(uri, n) for n in METADATA_NAMES if storage.exists(storage.join(uri, n))), None)
-        return read_metadata(meta).num_rows if meta else None
+        return read_metadata(metadata_uri(uri)).num_rows
     if fmt == "parquet":
         fs, _ = storage.resolve(uri)
-        return sum(pq.read_metadata(p, filesystem=fs).num_rows for p in storage.list_files(uri, (".parquet",)))
+        return sum(pq.read_metadata(p, filesystem=fs).num_rows for p in _parquet_paths(uri))
     return None
 
 
 # --- WebDataset shards -------------------------------------------------------------------------
 
 
-def _read_webdataset(uri: str, cfg: DataConfig):
-    import ray
-
-    fs, _ = storage.resolve(uri)
+def _shard_paths(uri: str) -> list[str]:
     paths = storage.list_files(uri, (".tar",))
     if not paths:
         raise FileNotFoundError(f"{storage.redact(uri)}: no .tar shards found")
+    return paths
+
+
+def _read_webdataset(uri: str, cfg: DataConfig, order: list[int] | None = None):
+    import ray
+
+    fs, _ = storage.resolve(uri)
+    paths = _shard_paths(uri)
     ds = ray.data.read_webdataset(
-        paths, filesystem=fs, decoder=None, include_paths=True, num_cpus=cfg.num_cpus_per_task
+        [paths[i] for i in order] if order is not None else paths, filesystem=fs, decoder=None,
+        include_paths=True, num_cpus=cfg.num_cpus_per_task,
     )
     return ds.map_batches(_shard_batch_to_records, **_task_kwargs(cfg))
 
@@ -240,20 +264,23 @@ def _mark_duplicates(table: pa.Table) -> pa.Table:
     return table.append_column("metadata_error", pa.array(errors, pa.string()))
 
 
-def _read_folder(uri: str, cfg: DataConfig):
+def metadata_uri(uri: str) -> str:
+    if uri.lower().rstrip("/").endswith((".csv", ".tsv", ".parquet")):
+        return uri
+    found = [n for n in METADATA_NAMES if storage.exists(storage.join(uri, n))]
+    if not found:
+        raise FileNotFoundError(f"{storage.redact(uri)}: no {' / '.join(METADATA_NAMES)} in this folder")
+    return storage.join(uri, found[0])
+
+
+def _read_folder(uri: str, cfg: DataConfig, order: list[int] | None = None):
     import ray
 
-    if uri.lower().rstrip("/").endswith((".csv", ".tsv", ".parquet")):
-        meta_uri = uri
-    else:
-        found = [n for n in METADATA_NAMES if storage.exists(storage.join(uri, n))]
-        if not found:
-            raise FileNotFoundError(f"{storage.redact(uri)}: no {' / '.join(METADATA_NAMES)} in this folder")
-        meta_uri = storage.join(uri, found[0])
+    meta_uri = metadata_uri(uri)
     table = read_metadata(meta_uri)
     root = meta_uri.rsplit("/", 1)[0]
-    chunks = [table.slice(i, cfg.batch_size) for i in range(0, max(table.num_rows, 1), cfg.batch_size)]
-    ds = ray.data.from_arrow(chunks)
+    chunks = [ray.put(table.slice(i, cfg.batch_size)) for i in range(0, max(table.num_rows, 1), cfg.batch_size)]
+    ds = ray.data.from_arrow_refs([chunks[i] for i in order] if order is not None else chunks)
     return ds.map_batches(_attach_folder_images, fn_kwargs={"root": root}, **_task_kwargs(cfg))
 
 
@@ -292,18 +319,24 @@ def _attach_folder_images(batch: pa.Table, root: str) -> pa.Table:
 # --- Parquet with image bytes ------------------------------------------------------------------
 
 
-def _read_parquet(uri: str, cfg: DataConfig):
-    import ray
-
-    fs, _ = storage.resolve(uri)
+def _parquet_paths(uri: str) -> list[str]:
     paths = storage.list_files(uri, (".parquet",))
     if not paths:
         raise FileNotFoundError(f"{storage.redact(uri)}: no .parquet files found")
+    return paths
+
+
+def _read_parquet(uri: str, cfg: DataConfig, order: list[int] | None = None):
+    import ray
+
+    fs, _ = storage.resolve(uri)
+    paths = _parquet_paths(uri)
     first = pq.read_schema(paths[0], filesystem=fs)
     missing = [c for c in ("uid", "image") if c not in first.names]
     if missing:
         raise ValueError(f"{paths[0]}: missing required column(s) {', '.join(missing)}; found {', '.join(first.names)}")
-    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, num_cpus=cfg.num_cpus_per_task)
+    ds = ray.data.read_parquet([paths[i] for i in order] if order is not None else paths, filesystem=fs,
+                               include_paths=True, num_cpus=cfg.num_cpus_per_task)
     return ds.map_batches(_parquet_batch_to_records, **_task_kwargs(cfg))
 
 

@@ -99,8 +99,9 @@ def keep_split(ds, fraction: float, held_out: bool, num_cpus: float):
                           batch_format="pyarrow", num_cpus=num_cpus)
 
 
-def training_dataset(src: str, cfg):
-    """The Ray Dataset a training run consumes (without the held-out validation uids). Parsing
+def training_dataset(src: str, cfg, order: list[int] | None = None):
+    """The Ray Dataset a training run consumes (without the held-out validation uids), reading
+    the units of ``src`` in ``order`` (see ``train.order``: every epoch, one stream). Parsing
     the records, the split and decoding fuse into one operator, on :class:`TrainingRows` actors
     unless ``train.data_actors`` is 0."""
     from ray.data import ActorPoolStrategy
@@ -108,12 +109,21 @@ def training_dataset(src: str, cfg):
     from biocap_ray.data import readers
 
     t = cfg.train
-    ds = readers.read_records(src, cfg.data)
+    ds = readers.read_records(src, cfg.data, order=order)
     if t.val_fraction and not t.val_data:
         ds = keep_split(ds, t.val_fraction, held_out=False, num_cpus=cfg.data.num_cpus_per_task)
     kwargs = {"model": t.model, "fallback": t.caption_fallback, "max_pixels": cfg.data.max_image_pixels}
     common = {"batch_format": "pyarrow", "batch_size": cfg.data.batch_size, "num_cpus": cfg.data.num_cpus_per_task}
-    if t.data_actors == 0:  # plain tasks: no actor start per epoch, for runs whose epochs last seconds
+    if t.data_actors == 0:  # plain tasks: no actor start-up, for runs that last seconds
         return ds.map_batches(training_rows, fn_kwargs=kwargs, **common)
     return ds.map_batches(TrainingRows, fn_constructor_kwargs=kwargs,
                           compute=ActorPoolStrategy(min_size=1, max_size=t.data_actors), **common)
+
+
+def batch_options(cfg, rank: int, start_step: int) -> dict:
+    """How a worker iterates its shard: whole batches, mixed in a local shuffle buffer seeded by
+    (seed, rank, the step the run (re)started at), so a resumed run is reproducible too."""
+    t = cfg.train
+    return {"batch_size": t.batch_size, "prefetch_batches": t.prefetch_batches, "drop_last": True,
+            "local_shuffle_buffer_size": t.shuffle_buffer or None,
+            "local_shuffle_seed": int(np.random.SeedSequence([t.seed, rank, start_step]).generate_state(1)[0])}

@@ -18,6 +18,7 @@ from torch import nn
 from biocap_ray import storage
 from biocap_ray.config import Config
 from biocap_ray.train.export import STATE_FILE
+from biocap_ray.train.ingest import batch_options
 from biocap_ray.train.model import BioCAPModel, build_model
 from biocap_ray.train.objective import LABEL_TYPES, TEXT_CHOICES, label_text_type, sample_probabilities, sample_text_type
 
@@ -73,8 +74,7 @@ def _restore(unwrapped, optimizer, scheduler) -> dict:
 
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
-        return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "mlflow_run_id": None, "best_val": None,
-                "restored": False}
+        return {"step": 0, "mlflow_run_id": None, "best_val": None, "restored": False}
     with checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
         meta = json.loads(open(os.path.join(d, "meta.json")).read())
@@ -85,13 +85,21 @@ def _restore(unwrapped, optimizer, scheduler) -> dict:
     return {**meta, "restored": True}
 
 
-def _checkpoint_dir(unwrapped, optimizer, scheduler, meta: dict) -> str:
-    d = tempfile.mkdtemp(prefix="biocap-ckpt-")
-    torch.save({"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}, os.path.join(d, STATE_FILE))
-    with open(os.path.join(d, "meta.json"), "w") as f:
-        json.dump(meta, f)
-    return d
+def _report(metrics: dict, rank: int, unwrapped, optimizer, scheduler, meta: dict) -> None:
+    """Report metrics with a checkpoint staged by rank 0 in a folder that is removed once Ray
+    Train has persisted it (a ViT-B-16 checkpoint with AdamW state is about 1.8 GB)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="biocap-ckpt-") as d:
+        torch.save({"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+                   os.path.join(d, STATE_FILE))
+        with open(os.path.join(d, "meta.json"), "w") as f:
+            json.dump(meta, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def train_loop(config: dict) -> None:
@@ -126,78 +134,70 @@ def train_loop(config: dict) -> None:
     val_shard = ray.train.get_dataset_shard("val") if classes else None
     best_val = state.get("best_val")
 
-    step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+    step = start = state["step"]
     restored_from = state["step"] if state["restored"] else -1
-    shard = ray.train.get_dataset_shard("train")
+    per_epoch = config["steps_per_epoch"]
+    # one stream for the rest of the run, its data plan already starting at this step (train.order)
+    batches = ray.train.get_dataset_shard("train").iter_torch_batches(device=device, **batch_options(cfg, rank, start))
     accum = 0
     window = {"samples": 0, "captioned": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
     losses: dict[str, float] = {}
-    while step < total_steps:
-        batch_in_epoch = 0
-        wait_start = time.perf_counter()
-        for batch in shard.iter_torch_batches(batch_size=t.batch_size, prefetch_batches=t.prefetch_batches,
-                                              drop_last=True, device=device):
-            if batch_in_epoch < skip:  # resuming mid-epoch: pass over what was already trained on
-                batch_in_epoch += 1
-                continue
-            window["data_s"] += time.perf_counter() - wait_start
-            compute_start = time.perf_counter()
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, report = compute_loss(model, loss_fn, batch, step, cfg)
-            scaler.scale(loss / t.grad_accum_steps).backward()
-            accum += 1
-            batch_in_epoch += 1
-            window["samples"] += batch["image"].shape[0]
-            window["captioned"] += int(batch["has_caption"].sum())
-            losses.update(report)
-            if accum == t.grad_accum_steps:
-                if t.grad_clip_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                unwrapped.clamp_logit_scales()
-                accum = 0
-                step += 1
-                window["compute_s"] += time.perf_counter() - compute_start
-                metrics = None
-                if step % t.log_every == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window["start"]
-                    metrics = {"step": step, "epoch": epoch, "loss": loss.item(), **losses,
-                               "lr": scheduler.get_last_lr()[0],
-                               "samples_per_s_per_worker": window["samples"] / max(elapsed, 1e-9),
-                               # records without a caption use train.caption_fallback in caption losses
-                               "caption_fallback_fraction": 1 - window["captioned"] / max(window["samples"], 1),
-                               "data_wait_s": window["data_s"], "compute_s": window["compute_s"],
-                               "restored_from_step": restored_from}
-                    tracker.log(metrics, step)
-                    window = {"samples": 0, "captioned": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
-                    losses = {}
-                if step % t.checkpoint_every == 0 or step == total_steps:
-                    if val_shard is not None:  # validate at every checkpoint; Ray Train keeps the best
-                        val = validate(unwrapped, val_shard, classes, cfg, device)
-                        tracker.log(val, step)
-                        metrics = {**(metrics or {"step": step, "restored_from_step": restored_from}), **val}
-                        if best_val is None or val.get(VAL_METRIC, 0) > best_val:
-                            best_val = val.get(VAL_METRIC, 0)
-                            tracker.export(unwrapped, storage.join(config["export_uri"], "best"),
-                                           {"best_step": step, f"best_{VAL_METRIC}": best_val})
-                    meta = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                            "mlflow_run_id": tracker.run_id, "best_val": best_val}
-                    ckpt_dir = _checkpoint_dir(unwrapped, optimizer, scheduler, meta) if rank == 0 else None
-                    # Ray Train reports synchronise all workers (seconds each): only with checkpoints;
-                    # per-step metrics go straight to MLflow from rank 0.
-                    ray.train.report(metrics or {"step": step, "restored_from_step": restored_from},
-                                     checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
-                if step >= total_steps:
-                    break
-            else:
-                window["compute_s"] += time.perf_counter() - compute_start
+    wait_start = time.perf_counter()
+    for batch in batches:
+        window["data_s"] += time.perf_counter() - wait_start
+        compute_start = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss, report = compute_loss(model, loss_fn, batch, step, cfg)
+        scaler.scale(loss / t.grad_accum_steps).backward()
+        accum += 1
+        window["samples"] += batch["image"].shape[0]
+        window["captioned"] += int(batch["has_caption"].sum())
+        losses.update(report)
+        if accum < t.grad_accum_steps:
+            window["compute_s"] += time.perf_counter() - compute_start
             wait_start = time.perf_counter()
+            continue
+        if t.grad_clip_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        unwrapped.clamp_logit_scales()
+        accum = 0
+        step += 1
+        window["compute_s"] += time.perf_counter() - compute_start
+        metrics = None
+        if step % t.log_every == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window["start"]
+            metrics = {"step": step, "epoch": step // per_epoch, "loss": loss.item(), **losses,
+                       "lr": scheduler.get_last_lr()[0],
+                       "samples_per_s_per_worker": window["samples"] / max(elapsed, 1e-9),
+                       # records without a caption use train.caption_fallback in caption losses
+                       "caption_fallback_fraction": 1 - window["captioned"] / max(window["samples"], 1),
+                       "data_wait_s": window["data_s"], "compute_s": window["compute_s"],
+                       "restored_from_step": restored_from}
+            tracker.log(metrics, step)
+            window = {"samples": 0, "captioned": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
+            losses = {}
+        if step % t.checkpoint_every == 0 or step == total_steps:
+            if val_shard is not None:  # validate at every checkpoint; Ray Train keeps the best
+                val = validate(unwrapped, val_shard, classes, cfg, device)
+                tracker.log(val, step)
+                metrics = {**(metrics or {"step": step, "restored_from_step": restored_from}), **val}
+                if best_val is None or val.get(VAL_METRIC, 0) > best_val:
+                    best_val = val.get(VAL_METRIC, 0)
+                    tracker.export(unwrapped, storage.join(config["export_uri"], "best"),
+                                   {"best_step": step, f"best_{VAL_METRIC}": best_val})
+            # Ray Train reports synchronise all workers (seconds each): only with checkpoints;
+            # per-step metrics go straight to MLflow from rank 0.
+            _report(metrics or {"step": step, "restored_from_step": restored_from}, rank, unwrapped, optimizer,
+                    scheduler, {"step": step, "mlflow_run_id": tracker.run_id, "best_val": best_val})
         if step >= total_steps:
             break
-        epoch, skip = epoch + 1, 0
+        wait_start = time.perf_counter()
+    if step < total_steps:
+        raise RuntimeError(f"the data ran out at step {step} of {total_steps}: fewer records than planned")
     tracker.finish(unwrapped, config["export_uri"])
 
