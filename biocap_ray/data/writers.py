@@ -84,7 +84,7 @@ def _counted(sink_class):
 
         def on_write_complete(self, write_result) -> None:
             super().on_write_complete(write_result)
-            self.rows_written = write_result.num_rows
+            self.rows_written = int(write_result.num_rows)
 
     return Counted
 
