@@ -16,6 +16,7 @@ import posixpath
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biocap_ray import storage
@@ -73,20 +74,33 @@ def _taxon_list_rows(src: str, problems: Counter) -> list[dict]:
     return list(reader)
 
 
+def _batch_taxa(batch: pa.Table) -> pa.Table:
+    """This batch's distinct taxa with how many good records have each; error rows counted
+    under ``bad`` (taxon columns null)."""
+    bad = pc.is_valid(batch.column("error"))
+    good = batch.filter(pc.invert(bad)).drop_columns(["error"])
+    rows = good.group_by(list(TAXON_COLUMNS), use_threads=False).aggregate([([], "count_all")])
+    rows = rows.rename_columns([*TAXON_COLUMNS, "records"]).append_column("bad", pa.array([0] * rows.num_rows, pa.int64()))
+    errors = int(pc.sum(bad).as_py() or 0)
+    if errors:
+        nulls = {c: pa.nulls(1, batch.schema.field(c).type) for c in TAXON_COLUMNS}
+        rows = pa.concat_tables([rows, pa.table({**nulls, "records": [0], "bad": [errors]}, schema=rows.schema)])
+    return rows
+
+
 def _dataset_taxa(src: str, cfg: Config, src_format: str | None) -> tuple[list[dict], int]:
-    """Distinct taxa of a dataset (taxon columns only, never image bytes) and its error-row count."""
+    """Distinct taxa of a dataset and its error-row count: a Ray Data group-by over the taxon
+    columns (never image bytes); only one row per distinct taxon reaches the driver."""
+    from ray.data.aggregate import Sum
+
     from biocap_ray.data.readers import read_records
 
     ds = read_records(src, cfg.data, src_format).select_columns([*TAXON_COLUMNS, "error"])
-    seen: dict[tuple, dict] = {}
-    error_rows = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for row in batch.to_pylist():
-            if row.pop("error"):
-                error_rows += 1
-                continue
-            seen.setdefault(tuple(row[c] for c in TAXON_COLUMNS), row)
-    return list(seen.values()), error_rows
+    per_batch = ds.map_batches(_batch_taxa, batch_format="pyarrow", num_cpus=cfg.data.num_cpus_per_task)
+    totals = per_batch.groupby(list(TAXON_COLUMNS)).aggregate(Sum("bad"), Sum("records")).take_all()
+    error_rows = sum(int(r["sum(bad)"] or 0) for r in totals)
+    taxa = [{c: r[c] for c in TAXON_COLUMNS} for r in totals if r["sum(records)"]]
+    return sorted(taxa, key=lambda r: tuple(str(r[c] or "") for c in TAXON_COLUMNS)), error_rows
 
 
 def read_taxa(src: str, cfg: Config, src_format: str | None = None) -> tuple[list[dict], list[dict], Counter]:

@@ -154,7 +154,7 @@ def inspect(src: str, cfg: DataConfig, src_format: str | None = None, examples: 
     Every count is a Ray Data aggregate or group-by over a small per-record row of facts kept in
     the object store; the driver receives totals, one row per distinct value and a few examples.
     """
-    from ray.data.aggregate import Count, Max, Mean, Min, Sum
+    from ray.data.aggregate import Max, Mean, Min, Sum
     from ray.data.expressions import col
 
     ds = readers.read_records(src, cfg, src_format)
