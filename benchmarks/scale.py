@@ -4,9 +4,10 @@ on local Ray, to show that the driver and the workers hold nothing that grows wi
     .venv/bin/python benchmarks/scale.py --n 100000 --n 1000000
 
 Each N runs in a fresh process (its own local Ray). Per stage it prints rows/s, the driver's
-peak RSS, the largest private memory (RSS less shared pages) of any Ray worker process while the
-stage ran, and the largest payload shipped with a task (each Ray Data operator's function and
-its arguments, pickled). Records are tiny JPEGs over many taxa, written as Parquet.
+peak RSS and peak private memory (RSS less shared pages: a consumer's RSS also counts the
+object-store pages it maps zero-copy), the largest private memory of any Ray worker process
+while the stage ran, and the largest payload shipped with a task (each Ray Data operator's
+function and its arguments, pickled). Records are tiny JPEGs over many taxa, written as Parquet.
 
 The caption step uses CANNED CAPTIONS from an engine defined here (it returns a fixed sentence
 at once): it measures the pipeline's orchestration (reading, skipping done uids, prompts, QC,
@@ -75,14 +76,17 @@ class _Watch:
 
     def __init__(self):
         self.driver = psutil.Process()
-        self.driver_peak = self.worker_peak = 0
+        self.driver_peak = self.driver_private_peak = self.worker_peak = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
         while not self.stop.wait(0.2):
-            self.driver_peak = max(self.driver_peak, self.driver.memory_info().rss)
+            m = self.driver.memory_info()
+            self.driver_peak = max(self.driver_peak, m.rss)
+            # RSS counts object-store pages a consumer maps zero-copy; private memory does not
+            self.driver_private_peak = max(self.driver_private_peak, m.rss - m.shared)
             for p in psutil.process_iter(["cmdline"]):
                 try:
                     cmd = " ".join(p.info["cmdline"] or [])
@@ -92,10 +96,10 @@ class _Watch:
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
 
-    def close(self) -> tuple[float, float]:
+    def close(self) -> tuple[float, float, float]:
         self.stop.set()
         self.thread.join()
-        return self.driver_peak / 2**20, self.worker_peak / 2**20
+        return self.driver_peak / 2**20, self.driver_private_peak / 2**20, self.worker_peak / 2**20
 
 
 _PAYLOADS: list[int] = []
@@ -158,9 +162,10 @@ def run_one(n: int, work: Path) -> dict:
         start = time.perf_counter()
         rows = fn()
         seconds = time.perf_counter() - start
-        driver, worker = watch.close()
+        driver, driver_private, worker = watch.close()
         stages.append({"stage": name, "rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds),
-                       "driver_peak_mb": round(driver), "worker_peak_mb": round(worker),
+                       "driver_peak_mb": round(driver), "driver_private_mb": round(driver_private),
+                       "worker_peak_mb": round(worker),
                        "largest_payload_kb": round(max(_PAYLOADS, default=0) / 1024, 1)})
         print(json.dumps(stages[-1]), file=sys.stderr, flush=True)
 
@@ -199,17 +204,19 @@ def main() -> None:
                               stdout=subprocess.PIPE, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print("caption engine: canned captions defined in benchmarks/scale.py (orchestration, not a model)")
-    print(f"{'stage':<17} {'N':>9} {'rows/s':>8} {'driver peak MB':>15} {'worker peak MB':>15} {'largest payload KB':>19}")
+    print(f"{'stage':<17} {'N':>9} {'rows/s':>8} {'driver RSS MB':>14} {'driver private MB':>18}"
+          f" {'worker private MB':>18} {'largest payload KB':>19}")
     for r in results:
         for s in r["stages"]:
-            print(f"{s['stage']:<17} {r['n']:>9} {s['rows_per_s']:>8} {s['driver_peak_mb']:>15} {s['worker_peak_mb']:>15}"
-                  f" {s['largest_payload_kb']:>19}")
+            print(f"{s['stage']:<17} {r['n']:>9} {s['rows_per_s']:>8} {s['driver_peak_mb']:>14}"
+                  f" {s['driver_private_mb']:>18} {s['worker_peak_mb']:>18} {s['largest_payload_kb']:>19}")
     if len(results) > 1:
         small, big = results[0], results[-1]
         print(f"\n{small['n']} -> {big['n']} records")
         for a, b in zip(small["stages"], big["stages"]):
             print(f"  {a['stage']:<17} per-row time x{a['rows_per_s'] / b['rows_per_s']:.2f},"
-                  f" driver peak {b['driver_peak_mb'] - a['driver_peak_mb']:+d} MB,"
+                  f" driver RSS {b['driver_peak_mb'] - a['driver_peak_mb']:+d} MB,"
+                  f" driver private {b['driver_private_mb'] - a['driver_private_mb']:+d} MB,"
                   f" worker peak {b['worker_peak_mb'] - a['worker_peak_mb']:+d} MB")
 
 
