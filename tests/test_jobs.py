@@ -335,6 +335,11 @@ def test_tune_job_interrupted_resumes_its_unfinished_trial(ray_head, tiny_data, 
     def stop_after_first_trial():
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while time.monotonic() < deadline:
+            # a trial's final export comes just before its MLflow run ends; opening the database
+            # any earlier could race the job's own creation of it
+            if not list(out_dir.glob("trials/export/*/open_clip_label.safetensors")):
+                time.sleep(0.5)
+                continue
             try:
                 runs = _mlflow_runs(out_dir / "mlflow.db")
             except Exception:  # the job may be creating the database right now

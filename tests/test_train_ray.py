@@ -41,8 +41,10 @@ def test_it_learns(tmp_path):
     chance = math.log(16)
     out = tmp_path / "out"
     data = _subset(tmp_path, 16)
+    # no shuffle buffer: one larger than an epoch (16 rows here) would mix epochs, and an image
+    # twice in one contrastive batch is its own false negative
     cfg = tiny("train.epochs=30", "train.lr=0.002", "train.checkpoint_every=10", "train.caption_weight=0.3",
-               f"train.val_data={data}", "evaluate.templates=photo")
+               "train.shuffle_buffer=0", f"train.val_data={data}", "evaluate.templates=photo")
     result = train(str(data), str(out), cfg, run_name="learn")
     history = losses(out, "learn")
     assert result["steps"] == 30 and len(history) == 30
@@ -89,6 +91,8 @@ def test_rerun_resumes_from_the_latest_checkpoint_in_joint_mode(tmp_path):
     assert len(units) == 10 and counts == [4] * 10  # metadata chunks of data.batch_size rows
     assert again["records_skipped_on_resume"] == plan(counts, 0, 11, position)[1] == position  # units align
     assert _staged_checkpoints() <= staged
+    done = train(str(data), str(tmp_path / "out"), tiny("train.max_steps=8", *opts), "resume")
+    assert done["steps"] == 8  # a rerun of a finished run trains nothing
     steps = [s for s, _ in losses(tmp_path / "out", "resume")]
     assert steps == list(range(1, 9))  # one MLflow run, continued, every step once
     run = mlflow.search_runs(experiment_names=["biocap"], output_format="list")[0]

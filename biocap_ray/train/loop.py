@@ -144,6 +144,8 @@ def train_loop(config: dict) -> None:
     losses: dict[str, float] = {}
     wait_start = time.perf_counter()
     for batch in batches:
+        if step >= total_steps:  # a rerun of a finished run (or a sweep's finished trial) trains nothing
+            break
         window["data_s"] += time.perf_counter() - wait_start
         compute_start = time.perf_counter()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
