@@ -138,7 +138,7 @@ class _Progress:
         return self.after_first / (self.last_at - self.first_at)
 
 
-_COUNTED = ("error_rows", "qc_pass", *QC_FLAGS, "output_tokens", "cached_tokens", "cached_of_input")
+_COUNTED = ("rows", "error_rows", "qc_pass", *QC_FLAGS, "output_tokens", "cached_tokens", "cached_of_input")
 
 
 def _tally(batch: pa.Table) -> pa.Table:
@@ -150,7 +150,7 @@ def _tally(batch: pa.Table) -> pa.Table:
         values = table.column(column)
         return int(pc.sum(pc.cast(values, pa.int64())).as_py() or 0) if len(values) else 0
 
-    row = {"error_rows": batch.num_rows - ok.num_rows, **{f: total(ok, f) for f in ("qc_pass", *QC_FLAGS)},
+    row = {"rows": batch.num_rows, "error_rows": batch.num_rows - ok.num_rows, **{f: total(ok, f) for f in ("qc_pass", *QC_FLAGS)},
            "output_tokens": total(ok, "output_tokens"), "cached_tokens": total(cached, "cached_tokens"),
            "cached_of_input": total(cached, "input_tokens"), "with_cached": cached.num_rows}
     return pa.table({k: [v] for k, v in row.items()})
@@ -159,7 +159,7 @@ def _tally(batch: pa.Table) -> pa.Table:
 def summarize(folder: str) -> dict:
     """Counts, QC pass rate per check, context coverage and prefix-cache hits over the captions,
     computed by Ray Data aggregates over a few columns: no caption row reaches the driver."""
-    from ray.data.aggregate import Count, Sum
+    from ray.data.aggregate import Sum
     from ray.data.expressions import col
 
     columns = ["uid", "error", "qc_pass", *QC_FLAGS, "output_tokens", "cached_tokens", "input_tokens",
@@ -171,9 +171,9 @@ def summarize(folder: str) -> dict:
                 "prefix_cache_hit_rate": None, "output_tokens": 0, "error_examples": []}
     ds = ds.materialize()  # a few small columns, read once for the passes below
     tallies = ds.map_batches(_tally, batch_format="pyarrow")
-    t = tallies.aggregate(Count(), *(Sum(c) for c in (*_COUNTED, "with_cached")))
+    t = tallies.aggregate(*(Sum(c) for c in (*_COUNTED, "with_cached")))
     t = {k.removeprefix("sum(").rstrip(")"): int(v or 0) for k, v in t.items()}
-    images = int(ds.count())
+    images = t["rows"]
     captioned = images - t["error_rows"]
 
     def levels(column: str) -> dict[str, int]:

@@ -31,10 +31,9 @@ def epoch_permutation(n_units: int, seed: int, epoch: int) -> np.ndarray:
 
 def _split_counts(batch: pa.Table, fraction: float) -> pa.Table:
     """Per unit (``path``), how many of this batch's uids are in the training split."""
-    from biocap_ray.train.ingest import is_held_out
+    from biocap_ray.train.ingest import _split_rows
 
-    keep = [not is_held_out(u, fraction) for u in batch.column("uid").to_pylist()] if fraction else None
-    rows = batch.filter(pa.array(keep, pa.bool_())) if keep is not None else batch
+    rows = _split_rows(batch, fraction, held_out=False) if fraction else batch
     return rows.group_by("path").aggregate([("uid", "count")]).rename_columns(["path", "records"])
 
 
