@@ -1,5 +1,5 @@
-"""Scale benchmark: N synthetic records through ingest -> caption -> merge -> the training ingest,
-on local Ray, to show that the driver and the workers hold nothing that grows with N.
+"""Scale benchmark: N synthetic records through ingest -> caption -> merge -> the training ingest
+(a TorchTrainer whose worker iterates its data and trains nothing), on local Ray, to show that the driver and the workers hold nothing that grows with N.
 
     .venv/bin/python benchmarks/scale.py --n 100000 --n 1000000
 
@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 TAXA = 20_000  # species over 200 classes, 40 orders, ...
 FILE_ROWS = 20_000
+COLUMNS = ("uid", "image", "kingdom", "phylum", "class", "order", "family", "genus", "species", "common_name")
 
 
 def synthetic_parquet(out: Path, n: int) -> Path:
@@ -66,7 +67,10 @@ def synthetic_parquet(out: Path, n: int) -> Path:
             "genus": [f"Genus{s % 10000}" for s in sp],
             "species": [f"species{s}" for s in sp],
             "common_name": [f"common {s}" for s in sp],
-        }), out / f"part-{start // FILE_ROWS:05d}.parquet")
+        }), out / f"part-{start // FILE_ROWS:05d}.parquet",
+            # photos do not compress: neither may these few repeated JPEGs (Ray sizes read tasks
+            # by bytes on disk, so a 40x-compressed file would make one task read 40x the rows)
+            use_dictionary=[c for c in COLUMNS if c != "image"], compression={c: "none" if c == "image" else "snappy" for c in COLUMNS})
     done.touch()
     return out
 
@@ -77,6 +81,7 @@ class _Watch:
     def __init__(self):
         self.driver = psutil.Process()
         self.driver_peak = self.driver_private_peak = self.worker_peak = 0
+        self.worker_name = ""  # what the largest worker was running (its process title)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -92,7 +97,8 @@ class _Watch:
                     cmd = " ".join(p.info["cmdline"] or [])
                     if cmd.startswith("ray::") or "default_worker.py" in cmd:
                         m = p.memory_info()
-                        self.worker_peak = max(self.worker_peak, m.rss - m.shared)
+                        if m.rss - m.shared > self.worker_peak:
+                            self.worker_peak, self.worker_name = m.rss - m.shared, cmd.split(" ")[0][:60]
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
 
@@ -165,7 +171,7 @@ def run_one(n: int, work: Path) -> dict:
         driver, driver_private, worker = watch.close()
         stages.append({"stage": name, "rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds),
                        "driver_peak_mb": round(driver), "driver_private_mb": round(driver_private),
-                       "worker_peak_mb": round(worker),
+                       "worker_peak_mb": round(worker), "worker_peak_in": watch.worker_name,
                        "largest_payload_kb": round(max(_PAYLOADS, default=0) / 1024, 1)})
         print(json.dumps(stages[-1]), file=sys.stderr, flush=True)
 
@@ -175,13 +181,31 @@ def run_one(n: int, work: Path) -> dict:
                                           cfg)["records"])
 
     def training_ingest() -> int:
+        """The training run's own ingest: a TorchTrainer whose one worker only iterates its shard."""
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        from biocap_ray.data.pacing import paced
+
         _, counts = unit_counts(str(out / "merged"), cfg, str(out / "train"))
         order, _ = plan(counts, seed=0, epochs=1, skip_records=0)
-        rows = 0
-        for batch in training_dataset(str(out / "merged"), cfg, order).iter_batches(
-                batch_format="numpy", **batch_options(cfg, rank=0, start_step=0)):
-            rows += len(batch["has_caption"])
-        return rows
+
+        def data_only(config):
+            import ray.train
+
+            rows = 0
+            for batch in ray.train.get_dataset_shard("train").iter_batches(
+                    batch_format="numpy", **batch_options(cfg, rank=0, start_step=0)):
+                rows += len(batch["has_caption"])
+            with tempfile.TemporaryDirectory() as d:  # a Ray Train result keeps metrics sent with a checkpoint
+                ray.train.report({"rows": rows}, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+        result = TorchTrainer(
+            data_only, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+            run_config=RunConfig(name="data-only", storage_path=str(out / "train")),
+            datasets={"train": paced(training_dataset(str(out / "merged"), cfg, order))},
+        ).fit()
+        return result.metrics["rows"]
 
     stage("training ingest", training_ingest)
     ray.shutdown()

@@ -27,7 +27,11 @@ def test_folder_to_shards_round_trip(tmp_path, data_cfg):
     src = records(str(SAMPLE), data_cfg)
     assert len(src) == 97 and not any(r["error"] for r in src.values())
     out = convert(str(SAMPLE), str(tmp_path / "shards"), data_cfg)
-    assert out["errors"] == 0 and out["files"] >= 97 // data_cfg.samples_per_shard
+    assert out["errors"] == 0 and out["records"] == 97
+    # every shard holds samples_per_shard records, the last one the rest (not one file per read task)
+    per_shard = [len({n.split(".", 1)[0] for n in tarfile.open(t).getnames()})
+                 for t in sorted((tmp_path / "shards").glob("*.tar"))]
+    assert sorted(per_shard, reverse=True) == [16] * 6 + [1] and out["files"] == 7
     back = records(str(tmp_path / "shards"), data_cfg)
     assert back.keys() == src.keys()
     for uid, rec in src.items():
@@ -58,6 +62,10 @@ def test_parquet_round_trip_and_format_detection(tmp_path, data_cfg):
     convert(str(SAMPLE), str(tmp_path / "shards"), data_cfg)
     convert(str(tmp_path / "shards"), str(tmp_path / "pq"), data_cfg, to="parquet")
     assert readers.detect_format(str(tmp_path / "pq")) == "parquet"
+    import pyarrow.parquet as pq
+
+    rows = sorted((pq.read_metadata(p).num_rows for p in (tmp_path / "pq").glob("*.parquet")), reverse=True)
+    assert rows == [16] * 6 + [1]
     assert readers.detect_format(str(tmp_path / "shards")) == "webdataset"
     assert readers.detect_format(str(SAMPLE / "metadata.csv")) == "folder"
     a = records(str(tmp_path / "shards"), data_cfg)

@@ -69,9 +69,11 @@ def dataset(folder: str, columns: list[str] | None = None, num_cpus: float = 0.2
     uris = part_uris(folder)
     if not uris:
         return None
+    from biocap_ray.data.readers import bounded_shuffles
+
     fs, _ = storage.resolve(folder)
-    return ray.data.read_parquet([storage.resolve(u)[1] for u in uris], filesystem=fs, columns=columns,
-                                 schema=OUTPUT_SCHEMA if columns is None else None, num_cpus=num_cpus)
+    return bounded_shuffles(ray.data.read_parquet([storage.resolve(u)[1] for u in uris], filesystem=fs, columns=columns,
+                                                  schema=OUTPUT_SCHEMA if columns is None else None, num_cpus=num_cpus))
 
 
 def read_parts(folder: str, columns: list[str] | None = None) -> pa.Table:

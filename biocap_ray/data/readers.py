@@ -69,13 +69,21 @@ def read_records(uri: str, cfg: DataConfig, fmt: str | None = None, order: list[
     to read them; an index may repeat (a training run reads its epochs as one stream).
     """
     fmt = fmt or detect_format(uri)
-    if fmt == "webdataset":
-        return _read_webdataset(uri, cfg, order)
-    if fmt == "folder":
-        return _read_folder(uri, cfg, order)
-    if fmt == "parquet":
-        return _read_parquet(uri, cfg, order)
-    raise ValueError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
+    readers = {"webdataset": _read_webdataset, "folder": _read_folder, "parquet": _read_parquet}
+    if fmt not in readers:
+        raise ValueError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
+    return bounded_shuffles(readers[fmt](uri, cfg, order))
+
+
+SHUFFLE_BATCH_BYTES = 128 * 2**20
+
+
+def bounded_shuffles(ds):
+    """``ds`` with the map tasks of every hash shuffle downstream of it (joins, group-bys) fed
+    about 128 MiB of input at a time. Ray's default is 1 GiB, so on large inputs each such task
+    held gigabytes (1.5 GB in a merge of a million records)."""
+    ds.context.shuffle_input_batch_bytes = SHUFFLE_BATCH_BYTES
+    return ds
 
 
 def units(uri: str, cfg: DataConfig, fmt: str | None = None) -> tuple[list[str], list[int] | None]:

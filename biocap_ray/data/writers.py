@@ -89,14 +89,21 @@ def _counted(sink_class):
     return Counted
 
 
+def _blocks_of(ds, rows: int):
+    """Blocks of exactly ``rows`` rows (the last one fewer), so that the sink, which writes one file
+    per bundle of at least ``rows``, writes files of ``rows``. Without it a file is whatever a read
+    task produced: up to Ray's 128 MiB block, tens of thousands of small records, all in one task."""
+    return ds.repartition(target_num_rows_per_block=rows, strict=True)
+
+
 def write_webdataset(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> int:
-    """Write good records as ``.tar`` shards of about ``samples_per_shard`` samples; returns the count."""
+    """Write good records as ``.tar`` shards of ``samples_per_shard`` samples; returns the count."""
     from ray.data._internal.datasource.webdataset_datasink import WebDatasetDatasink
 
     fs, path = storage.resolve(dst)
-    shards = ds.map_batches(
+    shards = _blocks_of(ds.map_batches(
         _to_shard_batch, batch_size=cfg.batch_size, num_cpus=cfg.num_cpus_per_task, batch_format="pyarrow"
-    )
+    ), cfg.samples_per_shard)
     sink = _counted(WebDatasetDatasink)(path, encoder=None, min_rows_per_file=cfg.samples_per_shard,
                                         filesystem=fs, dataset_uuid=shards._uuid, mode=_save_mode(overwrite))
     shards.write_datasink(sink)
@@ -104,10 +111,12 @@ def write_webdataset(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> 
 
 
 def write_parquet(ds, dst: str, cfg: DataConfig, overwrite: bool = False) -> int:
-    """Write good records as Parquet files in the record schema; returns the count."""
+    """Write good records as Parquet files of ``samples_per_shard`` rows in the record schema;
+    returns the count."""
     from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
 
     fs, path = storage.resolve(dst)
+    ds = _blocks_of(ds, cfg.samples_per_shard)
     sink = _counted(ParquetDatasink)(path, arrow_parquet_args={"schema": schema.RECORD_SCHEMA},
                                      min_rows_per_file=cfg.samples_per_shard,
                                      filesystem=fs, dataset_uuid=ds._uuid, mode=_save_mode(overwrite))
