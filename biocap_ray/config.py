@@ -153,7 +153,7 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(default=500, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     grad_checkpointing: bool = True
-    grad_clip_norm: float | None = Field(default=1.0, gt=0)
+    grad_clip_norm: float | None = Field(default=None, gt=0, description="None: no clipping (the paper's code)")
     seed: int = 0
     checkpoint_every: int = Field(default=1000, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(default=10, ge=1)
@@ -196,7 +196,6 @@ class EvalConfig(_Strict):
     templates: Literal["openai", "photo"] = Field(
         default="openai", description="OpenAI's ImageNet template ensemble, or 'a photo of {}.' alone"
     )
-    retrieval_projector: Literal["label", "caption"] = "caption"
     batch_size: int = Field(default=256, ge=1)
     concurrency: int = Field(default=1, ge=1, description="embedding actors")
     num_gpus_per_actor: float = Field(default=1.0, ge=0)

@@ -140,17 +140,20 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(tmp_path):
 
 
 def test_two_workers_with_batch_b_match_one_worker_with_batch_2b():
-    """local_loss + gather_with_grad over the Ray Train process group = the global-batch loss."""
+    """local_loss + gather_with_grad over the Ray Train process group = the global-batch loss;
+    with 2 micro-steps per worker too (DDP all-reduces once, after the last)."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    single, double = _one_step(1), _one_step(2)
-    assert abs(single["loss"] - double["loss"]) < 1e-5
-    assert torch.allclose(torch.tensor(double["grads"]), torch.tensor(single["grads"]), atol=1e-6)
+    single, double, accumulated = _one_step(1), _one_step(2), _one_step(2, micro_steps=2)
+    for got in (double, accumulated):
+        assert abs(single["loss"] - got["loss"]) < 1e-5
+        assert torch.allclose(torch.tensor(got["grads"]), torch.tensor(single["grads"]), atol=1e-6)
 
 
-def _one_step(workers: int) -> dict:
-    """One joint-mode step on a fixed batch of 8 split over ``workers``: mean loss and gradients."""
+def _one_step(workers: int, micro_steps: int = 1) -> dict:
+    """One joint-mode step on a fixed batch of 8 split over ``workers`` (and each worker's part
+    over ``micro_steps``): mean loss and gradients."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -160,7 +163,7 @@ def _one_step(workers: int) -> dict:
         import ray.train.torch
 
         from biocap_ray.config import load_config as load
-        from biocap_ray.train.loop import compute_loss
+        from biocap_ray.train.loop import accumulated_backward
         from biocap_ray.train.model import build_model
 
         cfg = load("local", ["train.mode=joint", "train.caption_weight=0.4"])
@@ -175,8 +178,9 @@ def _one_step(workers: int) -> dict:
         share = 8 // world
         mine = slice(rank * share, (rank + 1) * share)
         loss_fn = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
-        loss, _ = compute_loss(model, loss_fn, {"image": images[mine], "tokens": tokens[mine]}, 3, cfg)
-        loss.backward()
+        micro = [{"image": part, "tokens": toks} for part, toks in zip(images[mine].chunk(micro_steps),
+                                                                       tokens[mine].chunk(micro_steps))]
+        loss, _ = accumulated_backward(model, loss_fn, micro, 3, cfg, lambda micro_loss: micro_loss.backward())
         mean = loss.detach().clone()
         if world > 1:
             torch.distributed.all_reduce(mean)

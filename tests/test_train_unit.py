@@ -7,7 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 import open_clip
+import pytest
 import torch
+
+from biocap_ray.config import load_config
 
 from biocap_ray.train.export import CAPTION_FILE, LABEL_FILE, export
 from biocap_ray.train.model import build_model
@@ -77,3 +80,46 @@ def test_the_single_gpu_benchmark_runs_its_code_at_tiny_size_on_cpu(monkeypatch,
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("False", "True"))]
     assert [(r[0], r[1]) for r in rows] == [("False", "2"), ("False", "4"), ("True", "2"), ("True", "4")]
     assert all(float(r[2]) > 0 for r in rows), rows
+
+
+def test_weight_decay_spares_exactly_what_the_papers_code_spares():
+    from biocap_ray.train.loop import param_groups
+
+    model, _, _, _ = build_model("biocap-tiny", None)
+    groups = param_groups(model, 0.2)
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.2]
+    assert all(p.ndim < 2 for p in groups[0]["params"])  # the paper's rule names no 2-D parameter
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared, decayed = ({names[id(p)] for p in g["params"]} for g in groups)
+    assert {"clip.logit_scale", "caption_logit_scale", "clip.visual.class_embedding",
+            "clip.ln_final.weight", "clip.ln_final.bias"} <= spared
+    # 2-D embeddings and the projectors are decayed, as open_clip's trainer does
+    assert {"clip.token_embedding.weight", "clip.positional_embedding", "clip.visual.positional_embedding",
+            "label_proj", "caption_proj", "clip.visual.conv1.weight"} <= decayed
+
+
+@pytest.mark.parametrize("mode", ["sample", "joint"])
+def test_two_micro_batches_of_b_are_one_batch_of_2b(mode):
+    """Accumulation contrasts the whole accumulated batch: same loss, same gradients."""
+    import open_clip
+
+    from biocap_ray.train.loop import accumulated_backward
+
+    cfg = load_config("local", [f"train.mode={mode}", "train.caption_weight=0.5"])
+    gen = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(8, 3, 32, 32, generator=gen), "tokens": torch.randint(1, 400, (8, 6, 32), generator=gen)}
+    halves = [{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}]
+    results = []
+    for micro in ([batch], halves):
+        torch.manual_seed(0)
+        model, _, _, _ = build_model("biocap-tiny", None)
+        calls = []
+        loss, _ = accumulated_backward(model, open_clip.ClipLoss(), micro, 3, cfg,
+                                       lambda micro_loss: (calls.append(1), micro_loss.backward()))
+        assert len(calls) == len(micro)
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (whole, whole_grads), (accum, accum_grads) = results
+    assert abs(whole - accum) < 1e-5
+    assert whole_grads.keys() == accum_grads.keys() and len(whole_grads) > 10
+    for name, grad in whole_grads.items():
+        assert torch.allclose(grad, accum_grads[name], atol=1e-6, rtol=1e-4), name

@@ -6,6 +6,7 @@ Train, batches from the worker's Ray Data shard, restarts from the last reported
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,19 +21,20 @@ from biocap_ray.config import Config
 from biocap_ray.train.export import STATE_FILE
 from biocap_ray.train.ingest import batch_options
 from biocap_ray.train.model import BioCAPModel, build_model
-from biocap_ray.train.objective import LABEL_TYPES, TEXT_CHOICES, label_text_type, sample_probabilities, sample_text_type
+from biocap_ray.train.objective import TEXT_CHOICES, label_text_type, sample_probabilities, sample_text_type
 
 
 VAL_METRIC = "val_top1"  # what picks the best checkpoint and what sweeps stop early on
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on gains, biases, embeddings and temperatures (as open_clip's trainer)."""
+    """No weight decay on 1-D parameters (gains, biases, class embedding), norms and temperatures,
+    exactly the paper's (open_clip's) rule: 2-D embeddings and the projectors are decayed."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name or "embedding" in name
+        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
         (no_decay if exclude else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
@@ -47,26 +49,70 @@ def cosine_with_warmup(warmup: int, total: int):
     return factor
 
 
+def _pairs(step: int, cfg) -> list[tuple[str, str]]:
+    """(image projector, text type) pairs contrasted at ``step``; see ``objective``."""
+    t = cfg.train
+    if t.mode == "sample":
+        text_type = sample_text_type(t.seed, step, sample_probabilities(t.caption_weight))
+        return [("caption" if text_type == "caption" else "label", text_type)]
+    return [("label", label_text_type(t.seed, step)), ("caption", "caption")]
+
+
+def _features(model: nn.Module, batch: dict, pairs: list[tuple[str, str]]):
+    texts = [batch["tokens"][:, TEXT_CHOICES.index(text_type)] for _, text_type in pairs]
+    return model(batch["image"], texts, [projector for projector, _ in pairs])
+
+
+def _loss(loss_fn, features, pairs: list[tuple[str, str]], cfg) -> tuple[torch.Tensor, dict]:
+    image, texts, scale = features
+    losses = [loss_fn(image[projector], text, scale[projector]) for (projector, _), text in zip(pairs, texts)]
+    report = {f"loss_{text_type}": loss.item() for (_, text_type), loss in zip(pairs, losses)}
+    if len(losses) == 1:
+        return losses[0], report
+    w = cfg.train.caption_weight
+    return (1 - w) * losses[0] + w * losses[1], report
+
+
 def compute_loss(model: nn.Module, loss_fn, batch: dict, step: int, cfg) -> tuple[torch.Tensor, dict]:
-    """The step's loss and a report ``{loss_<text type>: value}``; see ``objective``.
+    """The step's loss on one batch and a report ``{loss_<text type>: value}``; see ``objective``.
 
     ``model`` is the DDP-wrapped :class:`BioCAPModel` (or the bare one on a single worker).
     """
-    t = cfg.train
-    images, tokens = batch["image"], batch["tokens"]
-    if t.mode == "sample":
-        text_type = sample_text_type(t.seed, step, sample_probabilities(t.caption_weight))
-        projector = "caption" if text_type == "caption" else "label"
-        image, (text,), scale = model(images, [tokens[:, TEXT_CHOICES.index(text_type)]], [projector])
-        loss = loss_fn(image[projector], text, scale[projector])
-        return loss, {f"loss_{text_type}": loss.item()}
-    label_type = label_text_type(t.seed, step)
-    texts = [tokens[:, LABEL_TYPES.index(label_type)], tokens[:, -1]]
-    image, (label_text, caption_text), scale = model(images, texts, ["label", "caption"])
-    label = loss_fn(image["label"], label_text, scale["label"])
-    caption = loss_fn(image["caption"], caption_text, scale["caption"])
-    w = t.caption_weight
-    return (1 - w) * label + w * caption, {f"loss_{label_type}": label.item(), "loss_caption": caption.item()}
+    pairs = _pairs(step, cfg)
+    return _loss(loss_fn, _features(model, batch, pairs), pairs, cfg)
+
+
+def accumulated_backward(model: nn.Module, loss_fn, micro: list[dict], step: int, cfg, backward) -> tuple[torch.Tensor, dict]:
+    """Gradients of ONE contrastive loss over all ``micro`` batches together, calling
+    ``backward(loss)`` once per micro-batch; returns that loss and its report.
+
+    As open_clip's ``accum_freq``: the micro-batches' features are first computed without
+    gradients, then each micro-batch is encoded again with gradients and contrasted against the
+    cached features of the others, so every step sees ``len(micro) x batch_size`` negatives per
+    worker, and the summed gradients equal those of one batch that large. The temperatures take
+    their gradient in the last pass only (otherwise it would count once per micro-batch). DDP
+    all-reduces once, in the last pass (``no_sync`` before it).
+    """
+    if len(micro) == 1:
+        loss, report = compute_loss(model, loss_fn, micro[0], step, cfg)
+        backward(loss)
+        return loss, report
+    pairs = _pairs(step, cfg)
+    with torch.no_grad():
+        cached = [_features(model, batch, pairs) for batch in micro]
+    last = len(micro) - 1
+    for j, batch in enumerate(micro):
+        sync = model.no_sync() if j < last and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with sync:
+            image, texts, scale = _features(model, batch, pairs)
+            joined = (
+                {p: torch.cat([image[p] if i == j else c[0][p] for i, c in enumerate(cached)]) for p in image},
+                [torch.cat([texts[k] if i == j else c[1][k] for i, c in enumerate(cached)]) for k in range(len(texts))],
+                {p: s if j == last else s.detach() for p, s in scale.items()},
+            )
+            loss, report = _loss(loss_fn, joined, pairs, cfg)
+            backward(loss)
+    return loss, report
 
 
 def _restore(unwrapped, optimizer, scheduler) -> dict:
@@ -139,7 +185,7 @@ def train_loop(config: dict) -> None:
     per_epoch = config["steps_per_epoch"]
     # one stream for the rest of the run, its data plan already starting at this step (train.order)
     batches = ray.train.get_dataset_shard("train").iter_torch_batches(device=device, **batch_options(cfg, rank, start))
-    accum = 0
+    micro: list[dict] = []  # this step's micro-batches (train.grad_accum_steps of them)
     window = {"samples": 0, "captioned": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
     losses: dict[str, float] = {}
     wait_start = time.perf_counter()
@@ -147,18 +193,18 @@ def train_loop(config: dict) -> None:
         if step >= total_steps:  # a rerun of a finished run (or a sweep's finished trial) trains nothing
             break
         window["data_s"] += time.perf_counter() - wait_start
-        compute_start = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss, report = compute_loss(model, loss_fn, batch, step, cfg)
-        scaler.scale(loss / t.grad_accum_steps).backward()
-        accum += 1
+        micro.append(batch)
         window["samples"] += batch["image"].shape[0]
         window["captioned"] += int(batch["has_caption"].sum())
-        losses.update(report)
-        if accum < t.grad_accum_steps:
-            window["compute_s"] += time.perf_counter() - compute_start
+        if len(micro) < t.grad_accum_steps:
             wait_start = time.perf_counter()
             continue
+        compute_start = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss, report = accumulated_backward(model, loss_fn, micro, step, cfg,
+                                                lambda micro_loss: scaler.scale(micro_loss).backward())
+        micro = []
+        losses.update(report)
         if t.grad_clip_norm:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
@@ -167,7 +213,6 @@ def train_loop(config: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         unwrapped.clamp_logit_scales()
-        accum = 0
         step += 1
         window["compute_s"] += time.perf_counter() - compute_start
         metrics = None
