@@ -50,6 +50,39 @@ def test_a_genus_label_is_right_when_any_species_of_its_genus_is_predicted():
     panthera = Taxon(**ANIMAL, family="Felidae", genus="Panthera")
     got = zero_shot_metrics([panthera, panthera], np.array([[0], [1]]), [lion, wolf], ks=(1,))
     assert got["top1"] == 0.5 and got["acc_family"] == 0.5 and "acc_species" not in got
+    # the standard (exact-class) accuracy: a species is not the genus class
+    assert got["top1_exact"] == 0.0
+    exact = zero_shot_metrics([panthera, lion], np.array([[2], [0]]), [lion, wolf, panthera], ks=(1,))
+    assert exact["top1_exact"] == 1.0 and exact["top1"] == 1.0
+
+
+def test_exact_accuracy_equals_a_brute_force_count():
+    rng = np.random.default_rng(4)
+    classes = [Taxon(**ANIMAL, family="F", genus=f"G{i % 3}", species=f"s{i}" if i < 9 else None) for i in range(12)]
+    truth = [classes[i] for i in rng.integers(0, 12, 100)]
+    topk = np.stack([rng.permutation(12)[:5] for _ in truth])
+    got = zero_shot_metrics(truth, topk, classes)
+    for k in (1, 3, 5):
+        assert got[f"top{k}_exact"] == pytest.approx(np.mean([t in [classes[c] for c in row[:k]]
+                                                              for row, t in zip(topk, truth)]))
+    assert got["top1_exact"] < got["top1"]  # genus labels also count species of their genus in top1
+
+
+def test_class_names_do_not_depend_on_the_order_rows_arrive_in():
+    rows = [dict(**ANIMAL, family="Felidae", genus="Panthera", species="leo", common_name=name, uid=str(i))
+            for i, name in enumerate(["lion", "African lion", "lion", None])]
+    rows.append(dict(**ANIMAL, family="Canidae", genus="Canis", species="lupus", common_name="wolf", uid="w"))
+    built = [ClassSet.build(order, "com") for order in (rows, rows[::-1], rows[1:] + rows[:1])]
+    assert all(b.names == built[0].names for b in built) and built[0].names == ["wolf", "lion"]
+    tie = [dict(rows[0], common_name="b lion"), dict(rows[0], common_name="a lion")]
+    assert ClassSet.build(tie, "com").names == ClassSet.build(tie[::-1], "com").names == ["a lion"]
+
+
+def test_hf_hub_specs_are_rejected_with_a_clear_error():
+    from biocap_ray.evaluate.checkpoints import ModelSpec
+
+    with pytest.raises(ValueError, match="hf-hub:.*ARCH:PATH"):
+        ModelSpec.parse("bioclip=hf-hub:imageomics/bioclip")
 
 
 def test_recall_equals_brute_force_ranking():
@@ -81,12 +114,17 @@ def test_identical_embeddings_for_matching_pairs_score_100_percent():
     image_label = class_emb[own]  # the label projector lands on the class text...
     rows = {c: np.array([r.get(c) or "" for r in rows_in], dtype=object)
             for c in ("uid", *RANKS, "scientific_name", "common_name", "caption")}
-    rows.update(error=np.array([""] * 21, dtype=object), image_emb=caption_emb.copy(), caption_emb=caption_emb,
+    shuffled = caption_emb[rng.permutation(21)]  # a variant whose captions point at the wrong images
+    rows.update(error=np.array([""] * 21, dtype=object), image_caption_projector=caption_emb.copy(),
+                text_caption_projector=caption_emb, image_paper=caption_emb.copy(), text_paper=shuffled,
                 topk=np.argsort(-(image_label @ class_emb.T), axis=1)[:, :5])  # ...the caption projector on the caption
     got = score(rows, classes, "species", "sci")
     assert got["zero_shot"]["top1"] == 1.0 and got["zero_shot"]["top1_macro"] == 1.0
+    assert got["zero_shot"]["top1_exact"] == 1.0 and got["zero_shot"]["top1_exact_macro"] == 1.0
     assert all(got["zero_shot"][f"acc_{r}"] == 1.0 for r in ("kingdom", "genus", "species"))
-    assert got["retrieval"]["i2t_r1"] == 1.0 and got["retrieval"]["t2i_r1"] == 1.0
+    mine = got["retrieval_caption_projector"]
+    assert mine["i2t_r1"] == 1.0 and mine["t2i_r1"] == 1.0
+    assert got["retrieval_paper"]["i2t_r1"] < 0.5  # each variant is scored on its own embeddings
     assert got["confusions"] == []
 
 
@@ -134,18 +172,27 @@ def test_evaluate_matches_open_clip_and_a_brute_force_argmax(tmp_path):
     for k in (1, 3, 5):
         want = np.mean([any(_right(classes[c], t) for c in row[:k]) for row, t in zip(ranked, truth)])
         assert got["zero_shot"][f"top{k}"] == pytest.approx(want)
-    sims = (image @ captions.T).numpy()
-    for k in (1, 5, 10):
-        assert got["retrieval"][f"i2t_r{k}"] == pytest.approx(np.mean([i in np.argsort(-sims[i])[:k]
-                                                                        for i in range(len(rows))]))
+    with torch.no_grad():
+        photo = model.encode_text(tokenizer(["a photo of " + r["caption"] for r in rows]), normalize=True)
+    # an open_clip export of a plain model: its one projector serves both variants; the prompts differ
+    for variant, texts in (("caption_projector", captions), ("paper", photo)):
+        sims = (image @ texts.T).numpy()
+        for k in (1, 5, 10):
+            assert got[f"retrieval_{variant}"][f"i2t_r{k}"] == pytest.approx(
+                np.mean([i in np.argsort(-sims[i])[:k] for i in range(len(rows))]))
+            assert got[f"retrieval_{variant}"][f"t2i_r{k}"] == pytest.approx(
+                np.mean([i in np.argsort(-sims[:, i])[:k] for i in range(len(rows))]))
     assert got["errors"] == 1
     assert list(json.loads((out / "errors.json").read_text())) == ["corrupt_0"]
 
     # the comparison, the report and its pictures, and MLflow
     table = list(csv.DictReader(open(out / "comparison.csv")))
     assert [r["model"] for r in table] == ["mine", "biocap-tiny:random"]
+    assert float(table[0]["paper_i2t_r1"]) == pytest.approx(got["retrieval_paper"]["i2t_r1"])
+    assert float(table[0]["caption_projector_t2i_r5"]) == pytest.approx(got["retrieval_caption_projector"]["t2i_r5"])
     report = (out / "report.md").read_text()
     assert "| mine |" in report and "accuracy_by_rank.png" in report
+    assert "| mine | paper |" in report and "| mine | caption_projector |" in report
     for png in ("accuracy_by_rank.png", "retrieval_examples.png", "confusions_0.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     mlflow.set_tracking_uri(result["mlflow_tracking_uri"])
@@ -153,6 +200,8 @@ def test_evaluate_matches_open_clip_and_a_brute_force_argmax(tmp_path):
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId")]
     assert sorted(r.data.tags["model"] for r in children) == ["biocap-tiny:random", "mine"]
     assert {r.data.metrics["top1"] for r in children if r.data.tags["model"] == "mine"} == {got["zero_shot"]["top1"]}
+    assert {r.data.metrics["paper_mean_recall"] for r in children
+            if r.data.tags["model"] == "mine"} == {got["retrieval_paper"]["mean_recall"]}
     assert list((out / "mlartifacts").rglob("report.md"))  # artifacts beside the embedded store
 
 

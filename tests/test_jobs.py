@@ -392,7 +392,7 @@ def test_pipeline_job_runs_end_to_end_and_skips_what_exists(ray_head, tmp_path):
     assert 0 <= summary["zero_shot_top1"] <= summary["zero_shot_top5"] <= 1
     assert list((out_dir / "captions").glob("part-*.parquet"))
     assert (Path(summary["model_export"]) / "open_clip_label.safetensors").exists()
-    assert "## Comparison" in Path(summary["report"]).read_text()
+    assert "## Zero-shot classification" in Path(summary["report"]).read_text()
     import mlflow
 
     mlflow.set_tracking_uri(summary["mlflow_tracking_uri"])

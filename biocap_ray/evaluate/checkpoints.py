@@ -30,8 +30,11 @@ class ModelSpec:
         name, sep, rest = spec.partition("=")
         if not sep:
             name, rest = "", spec
-        if rest.startswith("hf-hub:"):  # the hub id is the architecture and carries its weights
-            return cls(name or rest, rest, None)
+        if rest.startswith("hf-hub:"):
+            raise ValueError(
+                f"model spec {spec!r}: hf-hub: models are not loaded by name (jobs may have no hub access, and"
+                " the evaluation needs the architecture's name for its transforms); download the checkpoint"
+                " and give ARCH:PATH, e.g. ViT-B-16:s3://bucket/bioclip/open_clip_model.safetensors")
         arch, _, weights = rest.partition(":")
         if not arch:
             raise ValueError(f"model spec {spec!r}: expected [name=]ARCH[:WEIGHTS]")

@@ -8,8 +8,9 @@ distinct taxa of the evaluated set, plus those of a taxonomy file when one is gi
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import open_clip
 
@@ -48,25 +49,34 @@ class ClassSet:
     @classmethod
     def build(cls, rows: Iterable[dict], text_type: str, rank: str = "species",
               extra: Iterable[dict] = ()) -> ClassSet:
-        """From label rows (rank columns, ``common_name``, ``scientific_name``); class ids follow
-        the sorted ranks, so they do not depend on the order rows arrive in."""
-        seen: dict[tuple, tuple[Taxon, str | None]] = {}
+        """From label rows (rank columns, ``common_name``, ``scientific_name``). Neither the class
+        ids (the sorted ranks) nor the names depend on the order rows arrive in: where records of
+        one taxon disagree, the name most of them give wins (ties: the first in sort order)."""
+        first: dict[tuple, Taxon] = {}
+        common: dict[tuple, Counter] = defaultdict(Counter)
+        as_is: dict[tuple, Counter] = defaultdict(Counter)
         for row in [*rows, *extra]:
             full = Taxon.from_mapping(row)
             taxon = full.truncated(rank)
             if taxon.label_rank is None:
                 continue
             key = taxon.key()
-            if key not in seen or (seen[key][0].common_name is None and taxon.common_name):
-                as_is = row.get("scientific_name") if taxon.label_rank == full.label_rank else None
-                seen[key] = (taxon, as_is)
-        ordered = sorted(seen.values(), key=lambda item: tuple(x or "" for x in item[0].key()))
-        taxa = [t for t, _ in ordered]
-        names = [class_name(t, text_type, as_is) for t, as_is in ordered]
+            first.setdefault(key, taxon)
+            if taxon.common_name:
+                common[key][taxon.common_name] += 1
+            if taxon.label_rank == full.label_rank and row.get("scientific_name"):
+                as_is[key][row["scientific_name"]] += 1
+        ordered = sorted(first, key=lambda k: tuple(x or "" for x in k))
+        taxa = [replace(first[k], common_name=_most_given(common[k])) for k in ordered]
+        names = [class_name(t, text_type, _most_given(as_is[k])) for t, k in zip(taxa, ordered)]
         empty = [t.key() for t, n in zip(taxa, names) if not n]
         if empty:
             raise ValueError(f"{len(empty)} classes have no {text_type!r} name, e.g. {empty[0]}")
         return cls(taxa, names)
+
+
+def _most_given(names: Counter) -> str | None:
+    return min(names.items(), key=lambda item: (-item[1], item[0]))[0] if names else None
 
 
 def truth_taxon(row: dict, rank: str) -> Taxon:

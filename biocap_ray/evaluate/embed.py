@@ -16,6 +16,10 @@ from biocap_ray.evaluate.classes import TEMPLATES
 from biocap_ray.train.ingest import tools_for
 
 LABEL_COLUMNS = ("uid", *RANKS, "scientific_name", "common_name", "caption")
+# Retrieval variants, each (image projector, caption prompt), both always scored and named apart:
+# "paper" as the published tables (label projection, "a photo of " + caption); "caption_projector"
+# BioCAP's caption head on the caption as written.
+RETRIEVAL = {"paper": ("label", "a photo of {}"), "caption_projector": ("caption", "{}")}
 
 
 def decode_rows(batch: pa.Table, arch: str, max_pixels: int) -> dict[str, np.ndarray]:
@@ -68,15 +72,15 @@ def zero_shot_weights(model, tokenizer, names: list[str], templates: str, device
 
 
 class Embedder:
-    """One model per actor: top-k classes under the label projector, and the image and
-    caption embeddings under the retrieval projector."""
+    """One model per actor: top-k classes under the label projector, and the image and caption
+    embeddings of every retrieval variant (``image_<variant>``, ``text_<variant>``)."""
 
-    def __init__(self, spec: ModelSpec, names: list[str], templates: str, k: int, projector: str, seed: int = 0):
+    def __init__(self, spec: ModelSpec, names: list[str], templates: str, k: int, seed: int = 0):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer = load_model(spec, seed)
         self.model.to(self.device)
         self.weights = zero_shot_weights(self.model, self.tokenizer, names, templates, self.device) if names else None
-        self.k, self.projector = min(k, len(names)) if names else 0, projector
+        self.k = min(k, len(names)) if names else 0
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -88,14 +92,16 @@ class Embedder:
             out = {c: batch[c] for c in (*LABEL_COLUMNS, "error")}
             if self.weights is not None:
                 out["topk"] = (label @ self.weights.to(label.dtype)).topk(self.k, dim=-1).indices.cpu().numpy()
-            out["image_emb"] = self.model.project(pooled, self.projector).float().cpu().numpy()
             captions = [str(c) for c in batch["caption"]]
-            text = np.zeros_like(out["image_emb"])
             have = [i for i, c in enumerate(captions) if c]
-            if have:
-                tokens = self.tokenizer([captions[i] for i in have]).to(self.device)
-                text[have] = self.model.text_features(tokens).float().cpu().numpy()
-            out["caption_emb"] = text
+            for variant, (projector, prompt) in RETRIEVAL.items():
+                out[f"image_{variant}"] = (label if projector == "label" else
+                                           self.model.project(pooled, projector)).float().cpu().numpy()
+                text = np.zeros_like(out[f"image_{variant}"])
+                if have:
+                    tokens = self.tokenizer([prompt.format(captions[i]) for i in have]).to(self.device)
+                    text[have] = self.model.text_features(tokens).float().cpu().numpy()
+                out[f"text_{variant}"] = text
         return out
 
 
@@ -110,7 +116,7 @@ def embed(records, spec: ModelSpec, names: list[str], cfg, k: int = 5) -> dict[s
         batch_format="pyarrow", batch_size=e.batch_size, num_cpus=e.num_cpus_per_task,
     ).map_batches(
         Embedder, fn_constructor_kwargs={"spec": spec, "names": names, "templates": e.templates, "k": k,
-                                         "projector": e.retrieval_projector, "seed": cfg.train.seed},
+                                         "seed": cfg.train.seed},
         batch_size=e.batch_size, compute=ActorPoolStrategy(size=e.concurrency),
         num_gpus=e.num_gpus_per_actor, num_cpus=e.num_cpus_per_actor,
     )

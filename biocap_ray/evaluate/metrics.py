@@ -1,8 +1,11 @@
 """Zero-shot and retrieval metrics from predictions and embeddings (plain numpy, no model).
 
-A prediction is right at a record's own label rank when the predicted class agrees with
-the label on every rank the label names down to that rank; so a record labelled only to
-genus is right when any species (or the genus itself) of that genus is predicted.
+``top<k>``: a prediction is right at a record's own label rank when the predicted class agrees
+with the label on every rank the label names down to that rank; so a record labelled only to
+genus is right when any species (or the genus itself) of that genus is predicted. This is
+deliberate: such a record says nothing against any of its descendants. ``top<k>_exact`` is the
+standard accuracy (CLIP_benchmark's, BioCLIP's): right only when the predicted class is the
+label's own class. On a set labelled to the evaluation rank the two are equal.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def zero_shot_metrics(truth: list[Taxon], topk: np.ndarray, classes: list[Taxon]
     if n == 0:
         raise ValueError("no records to score")
     hits = np.array([[agrees(classes[c], t) for c in row] for row, t in zip(topk, truth)], dtype=bool)
+    exact = np.array([[classes[c].key() == t.key() for c in row] for row, t in zip(topk, truth)], dtype=bool)
     out: dict[str, float] = {"n": float(n), "classes": float(len(classes))}
     by_label: dict[tuple, list[int]] = defaultdict(list)
     for i, t in enumerate(truth):
@@ -39,6 +43,9 @@ def zero_shot_metrics(truth: list[Taxon], topk: np.ndarray, classes: list[Taxon]
         hit_k = hits[:, :k].any(axis=1)
         out[f"top{k}"] = float(hit_k.mean())
         out[f"top{k}_macro"] = float(np.mean([hit_k[idx].mean() for idx in by_label.values()]))
+        exact_k = exact[:, :k].any(axis=1)
+        out[f"top{k}_exact"] = float(exact_k.mean())
+        out[f"top{k}_exact_macro"] = float(np.mean([exact_k[idx].mean() for idx in by_label.values()]))
     for rank in RANKS:
         scored = [i for i, t in enumerate(truth) if t.rank(rank) is not None]
         if scored:

@@ -7,17 +7,24 @@ import io
 import textwrap
 
 from biocap_ray.data.taxonomy import RANKS
+from biocap_ray.evaluate.embed import RETRIEVAL
 
-SUMMARY_COLUMNS = ("top1", "top3", "top5", "top1_macro", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "mean_recall")
+ZERO_SHOT_COLUMNS = ("top1", "top3", "top5", "top1_macro", "top1_exact", "top5_exact", "top1_exact_macro")
+RETRIEVAL_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall")
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """One model's numbers under unambiguous flat names: zero-shot as is, retrieval as
+    ``<variant>_<metric>`` (``paper_i2t_r1``, ``caption_projector_i2t_r1``)."""
+    out = dict(result.get("zero_shot", {}))
+    for variant in RETRIEVAL:
+        out.update({f"{variant}_{k}": v for k, v in result.get(f"retrieval_{variant}", {}).items()})
+    return out
 
 
 def comparison_rows(results: dict[str, dict]) -> list[dict]:
     """One flat row per model: zero-shot, per-rank and retrieval numbers side by side."""
-    rows = []
-    for name, res in results.items():
-        row = {"model": name, **res.get("zero_shot", {}), **res.get("retrieval", {})}
-        rows.append(row)
-    return rows
+    return [{"model": name, **flat_metrics(res)} for name, res in results.items()]
 
 
 def _pct(value) -> str:
@@ -29,12 +36,26 @@ def markdown(results: dict[str, dict], setup: dict, pictures: dict[str, str]) ->
     ranks = [r for r in RANKS if any(f"acc_{r}" in row for row in rows)]
     lines = ["# Evaluation report", ""]
     lines += [f"- **{k}**: {v}" for k, v in setup.items()]
-    lines += ["", "## Comparison (%)", ""]
-    cols = [c for c in SUMMARY_COLUMNS if any(c in row for row in rows)]
+    lines += ["", "## Zero-shot classification (%)", "",
+              "`top<k>` counts a record labelled above the evaluation rank as right when any of its descendants"
+              " is predicted; `top<k>_exact` only when its own class is (the standard accuracy).", ""]
+    cols = [c for c in ZERO_SHOT_COLUMNS if any(c in row for row in rows)]
     lines.append("| model | " + " | ".join(cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
     for row in rows:
         lines.append(f"| {row['model']} | " + " | ".join(_pct(row.get(c)) for c in cols) + " |")
+    if any(f"retrieval_{v}" in res for res in results.values() for v in RETRIEVAL):
+        lines += ["", "## Image-caption retrieval (%)", "",
+                  "`paper`: label projector and \"a photo of \" + caption, the published tables' variant;"
+                  " `caption_projector`: the caption projector on the caption as written. Compare only like with like.",
+                  "", "| model | variant | " + " | ".join(RETRIEVAL_COLUMNS) + " |",
+                  "|---" * (len(RETRIEVAL_COLUMNS) + 2) + "|"]
+        for name, res in results.items():
+            for variant in RETRIEVAL:
+                got = res.get(f"retrieval_{variant}")
+                if got:
+                    lines.append(f"| {name} | {variant} | " + " | ".join(_pct(got.get(c)) for c in RETRIEVAL_COLUMNS)
+                                 + " |")
     if ranks:
         lines += ["", "## Top-1 accuracy at every rank (%)", "",
                   "Predicted at the evaluation rank; right at a rank when the prediction's ancestor there is the label's.",

@@ -21,7 +21,7 @@ from biocap_ray.data import readers
 from biocap_ray.data.images import load_rgb
 from biocap_ray.evaluate import report
 from biocap_ray.evaluate.classes import ClassSet, truth_taxon
-from biocap_ray.evaluate.embed import LABEL_COLUMNS, embed
+from biocap_ray.evaluate.embed import LABEL_COLUMNS, RETRIEVAL, embed
 from biocap_ray.evaluate.checkpoints import ModelSpec
 from biocap_ray.evaluate.metrics import confusions, recall_at_k, zero_shot_metrics
 from biocap_ray.tracking import default_tracking_uri, flatten, use_experiment
@@ -75,7 +75,9 @@ def score(rows: dict[str, np.ndarray], classes: ClassSet, rank: str, text_type: 
     result["confusions"] = confusions(truth, topk[:, 0], classes.taxa, short, truth_names)
     captioned = good & (rows["caption"] != "")
     if captioned.sum() >= 2:
-        result["retrieval"] = recall_at_k(rows["image_emb"][captioned], rows["caption_emb"][captioned])
+        for variant in RETRIEVAL:
+            result[f"retrieval_{variant}"] = recall_at_k(rows[f"image_{variant}"][captioned],
+                                                         rows[f"text_{variant}"][captioned])
     return result
 
 
@@ -100,21 +102,22 @@ def evaluate(src: str, out: str, cfg: Config, models: list[str], held_out: bool 
         rows = embed(read_split(src, cfg, split), spec, classes.names, cfg, k=max(TOPK))
         results[spec.name] = score(rows, classes, e.rank, e.text_type)
         errors.update({u: err for u, err in zip(rows["uid"], rows["error"]) if err})
-        if "retrieval" in results[spec.name] and not examples:
+        if "retrieval_paper" in results[spec.name] and not examples:
             examples = retrieval_examples(src, cfg, rows)
         log.info("%s: %s", spec.name, {k: round(v, 4) for k, v in results[spec.name]["zero_shot"].items()})
     setup = {"data": storage.redact(src) + (f" (held-out {split:.0%} of uids)" if split else ""), "records": len(labels), "classes": len(classes),
              "class names": e.text_type, "rank": e.rank, "templates": e.templates,
-             "retrieval projector": e.retrieval_projector}
+             "retrieval": "paper: label projector, 'a photo of ' + caption (as the published tables);"
+                          " caption_projector: caption projector, the caption as written"}
     files = write_outputs(out, results, setup, errors, examples)
     tracking_uri = e.mlflow_tracking_uri or default_tracking_uri(out)
     log_to_mlflow(tracking_uri, e.experiment, cfg, results, files)
-    return {"models": {n: {**r["zero_shot"], **r.get("retrieval", {})} for n, r in results.items()},
+    return {"models": {n: report.flat_metrics(r) for n, r in results.items()},
             "report": storage.redact(storage.join(out, "report.md")), "mlflow_tracking_uri": storage.redact(tracking_uri)}
 
 
 def retrieval_examples(src: str, cfg: Config, rows: dict[str, np.ndarray]) -> list[dict]:
-    """A few captioned images of the set with their top-3 retrieved captions."""
+    """A few captioned images of the set with their top-3 retrieved captions (paper variant)."""
     n = cfg.evaluate.report_examples
     captioned = np.flatnonzero((rows["error"] == "") & (rows["caption"] != ""))
     if n == 0 or len(captioned) < 2:
@@ -122,7 +125,7 @@ def retrieval_examples(src: str, cfg: Config, rows: dict[str, np.ndarray]) -> li
     wanted = {str(rows["uid"][i]): i for i in captioned[:n]}
     found = readers.read_records(src, cfg.data).filter(lambda r: r["uid"] in wanted,
                                                        num_cpus=cfg.data.num_cpus_per_task).take(n)
-    sims = rows["image_emb"][captioned] @ rows["caption_emb"][captioned].T
+    sims = rows["image_paper"][captioned] @ rows["text_paper"][captioned].T
     position = {i: p for p, i in enumerate(captioned)}
     examples = []
     for rec in sorted(found, key=lambda r: r["uid"]):
@@ -177,5 +180,4 @@ def log_to_mlflow(tracking_uri: str, experiment: str, cfg: Config, results: dict
                 mlflow.log_artifact(path, artifact_path="report")
         for name, res in results.items():
             with mlflow.start_run(run_name=name, nested=True, tags={"stage": "evaluate", "model": name}):
-                metrics = {**res.get("zero_shot", {}), **res.get("retrieval", {})}
-                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                mlflow.log_metrics({k: float(v) for k, v in report.flat_metrics(res).items()})
