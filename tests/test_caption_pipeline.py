@@ -108,6 +108,19 @@ def test_transformers_engine_captions_every_image_once_and_resumes(dataset, tmp_
     assert again["this_run_images"] == 0 and sorted(os.listdir(dst)) == files
 
 
+def test_the_published_captioners_family_captions_through_transformers(dataset, tmp_path):
+    """A tiny random InternVL3 (the Hugging Face format of the paper's captioner family; vLLM runs it
+    in the cluster-preset test): the same pipeline, its own chat template and image tokens."""
+    cfg = cfg_for("transformers", tmp_path, "caption.model=builtin:tiny-internvl3")
+    summary = caption(str(dataset), str(tmp_path / "captions"), cfg)
+    table = outputs.read_parts(str(tmp_path / "captions")).to_pylist()
+    assert Counter(r["uid"] for r in table) == Counter(p.stem for p in (dataset / "images").iterdir())
+    good = [r for r in table if not r["error"]]
+    assert summary["captioned"] == len(good) == len(table) - 1
+    assert all(r["model"] == "builtin:tiny-internvl3" and r["input_tokens"] > 20 and r["output_tokens"] >= 1
+               for r in good)
+
+
 def _engine_processes() -> set[int]:
     import psutil
 

@@ -49,3 +49,38 @@ def test_image_first_and_custom_templates(tmp_path, processor):
         PromptTemplate.load(str(custom))
     with pytest.raises(ValueError, match="no such file or shipped template"):
         PromptTemplate.load("nope-v9")
+
+
+@pytest.mark.parametrize("model, family, image_text", [("builtin:tiny-qwen2-vl", "qwen2-vl", "<|image_pad|>"),
+                                                        ("builtin:tiny-internvl3", "internvl3-hf", "<IMG_CONTEXT>")])
+def test_the_family_comes_from_the_models_config_and_places_the_image(model, family, image_text):
+    from biocap_ray.caption.families import family_of
+
+    found = family_of(model)
+    assert found.name == family and not found.trust_remote_code
+    prompt = found.render(PromptTemplate.load("biocap-v1").messages("Turdus iliacus", EXAMPLES, "Red flanks.", 20),
+                          load_processor(model))
+    assert prompt.count(image_text) == 1
+    assert prompt.index("Examples of good captions") < prompt.index(image_text) < prompt.index("Red flanks.")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_the_published_captioners_format_gets_its_placeholder_and_stop_tokens(processor):
+    """InternVL3-38B-AWQ (original format): vLLM's own processor expands "<image>" in plain text."""
+    from biocap_ray.caption.families import FAMILIES
+
+    original = next(f for f in FAMILIES if "InternVLChatModel" in f.architectures)
+    assert original.trust_remote_code and "<|im_end|>" in original.stop
+    messages = PromptTemplate.load("biocap-v1").messages("Turdus iliacus", EXAMPLES, "Red flanks.", 20)
+    prompt = original.render(messages, processor)  # any Qwen-style chat tokenizer
+    assert prompt.count("<image>\n") == 1 and "<|image_pad|>" not in prompt
+    assert prompt.index("Examples of good captions") < prompt.index("<image>") < prompt.index("Red flanks.")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_an_unknown_architecture_names_the_known_families(tmp_path):
+    from biocap_ray.caption.families import family_of
+
+    (tmp_path / "config.json").write_text('{"architectures": ["LlavaForConditionalGeneration"]}')
+    with pytest.raises(ValueError, match="LlavaForConditionalGeneration.*InternVLChatModel"):
+        family_of(str(tmp_path))

@@ -17,6 +17,7 @@ import pyarrow as pa
 from PIL import Image
 
 from biocap_ray import storage
+from biocap_ray.caption.families import Family
 from biocap_ray.caption.prompts import PromptTemplate
 from biocap_ray.caption.quality import NameIndex, QualityRules, check
 from biocap_ray.context.lookup import ContextLookup
@@ -34,10 +35,16 @@ class CaptionSetup:
     image_size: int
     rules: QualityRules
     max_pixels: int  # data.max_image_pixels: larger images are decompression bombs
+    family: Family  # how this model is prompted (families.family_of)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
 
+# built-in tiny random models (real architectures; no model hub needed): name -> builder
+TINY_MODELS = {
+    "builtin:tiny-qwen2-vl": "biocap_ray.caption.tiny_model:build_tiny_qwen2_vl",
+    "builtin:tiny-internvl3": "biocap_ray.caption.tiny_internvl:build_tiny_internvl3",
+}
 TINY_MODEL = "builtin:tiny-qwen2-vl"
 
 
@@ -46,15 +53,16 @@ def _model_cache() -> str:
 
 
 def resolve_model(model: str) -> str:
-    """A local path for ``model``: s3:// folders or files are copied once per node, ``builtin:tiny-qwen2-vl``
-    (a random tiny model for demos and tests) is built once per node; hub ids pass through."""
-    if model == TINY_MODEL:
-        local = os.path.join(_model_cache(), "tiny-qwen2-vl")
+    """A local path for ``model``: s3:// folders or files are copied once per node, ``builtin:`` tiny
+    models (random weights, for demos and tests) are built once per node; hub ids pass through."""
+    if model in TINY_MODELS:
+        local = os.path.join(_model_cache(), model.removeprefix("builtin:"))
         if not os.path.exists(os.path.join(local, ".complete")):
-            from biocap_ray.caption.tiny_model import build_tiny_qwen2_vl
+            import importlib
 
+            module, builder = TINY_MODELS[model].split(":")
             tmp = f"{local}.tmp-{os.getpid()}"
-            build_tiny_qwen2_vl(tmp)
+            getattr(importlib.import_module(module), builder)(tmp)
             open(os.path.join(tmp, ".complete"), "w").close()
             if not os.path.exists(local):
                 os.replace(tmp, local)
@@ -78,10 +86,10 @@ def resolve_model(model: str) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def load_processor(model: str):
+def load_processor(model: str, trust_remote_code: bool = False):
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(resolve_model(model))
+    return AutoProcessor.from_pretrained(resolve_model(model), trust_remote_code=trust_remote_code)
 
 
 def organism_name(row: dict) -> str:
@@ -107,7 +115,7 @@ PREPARED_COLUMNS = ("uid", "prompt", "pixels", "reference", "names", "context_le
 
 def prepare_batch(batch: pa.Table, setup: CaptionSetup) -> dict:
     """Records → prompts + bounded images. Unusable records are returned separately as errors."""
-    processor = load_processor(setup.model)
+    processor = load_processor(setup.model, setup.family.trust_remote_code)
     out: dict[str, list] = {c: [] for c in PREPARED_COLUMNS}
     errors: list[dict] = []
     for row in batch.to_pylist():
@@ -121,7 +129,7 @@ def prepare_batch(batch: pa.Table, setup: CaptionSetup) -> dict:
             continue
         ctx = setup.lookup.lookup(row)
         messages = setup.template.messages(organism_name(row), list(ctx.examples), ctx.text, setup.rules.max_words)
-        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt = setup.family.render(messages, processor)
         static = f"{setup.template.version}|{setup.template.order}|{'|'.join(ctx.examples)}"
         out["uid"].append(row["uid"])
         out["prompt"].append(prompt)

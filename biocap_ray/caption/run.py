@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 from biocap_ray import storage
 from biocap_ray.caption import outputs
 from biocap_ray.caption.engine import engine_class
+from biocap_ray.caption.families import family_of
 from biocap_ray.caption.prepare import CaptionSetup, error_row, prepare_batch
 from biocap_ray.caption.prompts import PromptTemplate
 from biocap_ray.caption.quality import QC_FLAGS, NameIndex, QualityRules
@@ -63,6 +64,7 @@ def build_setup(cfg: Config) -> CaptionSetup:
         image_size=c.image_size,
         rules=QualityRules(max_words=c.max_words, copy_threshold=c.copy_threshold),
         max_pixels=cfg.data.max_image_pixels,
+        family=family_of(c.model),
         seed=c.sampling.seed,
     )
 

@@ -43,17 +43,35 @@ def _corpus() -> list[str]:
     return [words] * 50 + ["You are a biologist. Describe only what is visible in the image."] * 20
 
 
+def bpe_tokenizer(special_tokens: list[str], vocab_size: int, **named_tokens):
+    """A byte-level BPE tokenizer trained in-process on ``_corpus``: ``special_tokens[0]`` pads,
+    ``<|im_end|>`` ends a turn (both tiny models' chat formats are Qwen's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        _corpus(),
+        trainers.BpeTrainer(
+            vocab_size=vocab_size - len(special_tokens), special_tokens=special_tokens,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token=special_tokens[0],
+        additional_special_tokens=special_tokens[1:], model_max_length=4096, **named_tokens,
+    )
+
+
 def build_tiny_qwen2_vl(path: str | Path, seed: int = 0, vocab_size: int = 512,
                         text: dict | None = None, vision: dict | None = None, max_pixels: int = 28 * 28 * 16) -> Path:
     """Write a tiny Qwen2-VL (model, tokenizer, processor, generation config) to ``path``.
 
     ``text`` / ``vision`` override the tiny sizes (e.g. real Qwen2-VL-2B sizes for GPU benchmarks).
     """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
-        GenerationConfig,
-        PreTrainedTokenizerFast,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
@@ -63,20 +81,7 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0, vocab_size: int = 512,
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        _corpus(),
-        trainers.BpeTrainer(
-            vocab_size=vocab_size - len(SPECIAL_TOKENS), special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=4096,
-    )
+    tokenizer = bpe_tokenizer(SPECIAL_TOKENS, vocab_size)
     tokenizer.chat_template = CHAT_TEMPLATE
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
@@ -103,10 +108,20 @@ def build_tiny_qwen2_vl(path: str | Path, seed: int = 0, vocab_size: int = 512,
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
+    return save_random(Qwen2VLForConditionalGeneration, config, processor, path, seed)
+
+
+def save_random(model_class, config, processor, path: Path, seed: int) -> Path:
+    """Initialise ``model_class(config)`` from ``seed``, greedy-decoding until ``<|im_end|>``, and
+    save it with its processor and a marker that says its weights are random."""
+    import torch
+    from transformers import GenerationConfig
+
+    tokenizer = processor.tokenizer
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     model.generation_config = GenerationConfig(
-        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], do_sample=False
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)

@@ -16,10 +16,11 @@ class TransformersCaptioner(EngineActor):
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         torch_dtype = "auto" if self.cfg.dtype == "auto" else getattr(torch, self.cfg.dtype)
-        self.processor = load_processor(self.setup.model)
+        trust = self.setup.family.trust_remote_code
+        self.processor = load_processor(self.setup.model, trust)
         self.processor.tokenizer.padding_side = "left"
         self.model = AutoModelForImageTextToText.from_pretrained(
-            resolve_model(self.setup.model), dtype=torch_dtype
+            resolve_model(self.setup.model), dtype=torch_dtype, trust_remote_code=trust
         ).to(self.device).eval()
 
     def generate(self, prompts: list[str], images: list[Image.Image], seed: int) -> list[Generation]:

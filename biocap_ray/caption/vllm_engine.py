@@ -37,7 +37,8 @@ def engine_kwargs(cfg: CaptionConfig, setup: CaptionSetup) -> dict:
         "enable_prefix_caching": cfg.enable_prefix_caching,
         "dtype": cfg.dtype,
         "max_num_seqs": cfg.batch_size,
-        "limit_mm_per_prompt": {"image": 1},
+        "trust_remote_code": setup.family.trust_remote_code,
+        **setup.family.engine_args,
         # one seed per engine (vLLM's CPU backend fails on per-request seeds); a QC retry draws
         # a new sample from the engine's advanced random state
         "seed": setup.seed,
@@ -49,12 +50,13 @@ def engine_kwargs(cfg: CaptionConfig, setup: CaptionSetup) -> dict:
     return kwargs
 
 
-def sampling_params(sampling: dict):
+def sampling_params(sampling: dict, stop: tuple[str, ...] = ()):
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(temperature=sampling["temperature"], top_p=sampling["top_p"],
-                          max_tokens=sampling["max_tokens"], output_kind=RequestOutputKind.FINAL_ONLY)
+                          max_tokens=sampling["max_tokens"], output_kind=RequestOutputKind.FINAL_ONLY,
+                          stop=list(stop) or None)
 
 
 class VLLMCaptioner(EngineActor):
@@ -77,7 +79,7 @@ class VLLMCaptioner(EngineActor):
             return AsyncLLM.from_engine_args(args)
 
         self.engine = self._run(start())
-        self.params = sampling_params(self.sampling)
+        self.params = sampling_params(self.sampling, self.setup.family.stop)
 
     def unload(self) -> None:
         engine, self.engine = self.engine, None
