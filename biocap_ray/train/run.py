@@ -128,10 +128,15 @@ def train(src: str, out: str, cfg: Config, run_name: str = "biocap", *, parent_r
         "restored_from_step": metrics.get("restored_from_step"),
         "restarts": failures,
         "records_skipped_on_resume": skipped,  # by the last (re)start: never read or decoded
-        "checkpoint": storage.redact(result.checkpoint.path) if result.checkpoint else None,
+        "checkpoint": storage.redact(_uri(result.checkpoint.path, runs)) if result.checkpoint else None,
         "export": storage.redact(storage.join(export_uri, LABEL_FILE)),
         **({VAL_METRIC: metrics.get(VAL_METRIC), "best_" + VAL_METRIC: best[1].get(VAL_METRIC),
-            "best_checkpoint": storage.redact(best[0].path), "best_export": storage.redact(storage.join(export_uri, "best"))}
+            "best_checkpoint": storage.redact(_uri(best[0].path, runs)), "best_export": storage.redact(storage.join(export_uri, "best"))}
            if best else {}),
         "mlflow_tracking_uri": storage.redact(tracking_uri),
     }
+
+
+def _uri(path: str, runs: str) -> str:
+    """A checkpoint's URI: Ray Train reports paths within its filesystem, without the s3:// scheme."""
+    return f"s3://{path.lstrip('/')}" if storage.is_s3(runs) and not storage.is_s3(path) else path

@@ -16,6 +16,7 @@ from biocap_ray.config import Config
 from biocap_ray.data.taxonomy import RANKS
 from biocap_ray.evaluate.report import png, subplots
 from biocap_ray.tracking import default_tracking_uri, flatten, use_experiment
+from biocap_ray.train.order import unit_counts
 from biocap_ray.tune.space import concurrent_trials, param_space, scheduler, search_algorithm, trial_config
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ def sweep(src: str, out: str, cfg: Config, name: str = "sweep") -> dict:
     if not (t.val_data or t.val_fraction):
         raise ValueError("a sweep compares validation accuracy: set train.val_data or train.val_fraction")
     space = param_space(tn)
+    # trials find the training units' record counts cached: counting shards takes a Ray Data
+    # shuffle, whose tasks do not fit in a trial's placement group
+    runs = storage.join(out, "trials", "runs")
+    storage.makedirs(runs)
+    unit_counts(src, cfg, runs)
     tracking_uri = tn.mlflow_tracking_uri or default_tracking_uri(out)
     parent = _parent_run(tracking_uri, cfg, name)
     base = cfg.model_copy(deep=True)
