@@ -127,6 +127,13 @@ def _cmd_tune(args: argparse.Namespace, cfg: Config) -> int:
     return _summary(sweep(args.src, args.dst, cfg, name=args.name))
 
 
+def _cmd_mlflow_credentials(args: argparse.Namespace, cfg: Config) -> int:
+    from biocap_ray.tracking import mlflow_credentials
+
+    print("\n".join(f"export {k}={v}" for k, v in mlflow_credentials().items()))
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.pipeline import render, run_pipeline
 
@@ -230,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--output", default="outputs/pipeline", help="output folder, local or s3://")
     pipe.add_argument("--overwrite", action="store_true", help="recompute stages whose outputs exist")
     pipe.set_defaults(run=_cmd_pipeline)
+
+    cred = stages.add_parser(
+        "mlflow-credentials", help="shell exports of the cluster tracking server's login, derived from the Ray "
+        "auth token: eval \"$(biocap-ray mlflow-credentials)\" (cluster.yaml does, on every node)")
+    cred.set_defaults(run=_cmd_mlflow_credentials, config="local", overrides=[])
     return parser
 
 

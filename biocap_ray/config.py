@@ -37,6 +37,10 @@ class DataConfig(_Strict):
     max_image_pixels: int = Field(
         default=89_478_485, ge=1, description="larger images are rejected as decompression bombs"
     )
+    max_image_bytes: int = Field(
+        default=64 * 2**20, ge=1,
+        description="larger image files or shard members become error rows, unread (photos are a few MB)",
+    )
     samples_per_shard: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=64, ge=1, description="rows per Ray Data batch")
     num_cpus_per_task: float = Field(
@@ -64,6 +68,7 @@ class ContextConfig(_Strict):
     num_cpus_per_task: float = Field(default=0.25, gt=0, description="fetching waits on the network, not the CPU")
     batch_size: int = Field(default=16, ge=1, description="taxa per Ray Data batch")
     timeout_s: float = Field(default=30.0, gt=0, description="per HTTP request")
+    max_response_bytes: int = Field(default=8 * 2**20, ge=1, description="larger answers are refused unread")
     max_retries: int = Field(default=5, ge=0, description="on 429, 5xx, network errors and malformed replies")
     backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles each retry")
     max_backoff_s: float = Field(default=60.0, ge=0)
@@ -141,7 +146,8 @@ class TrainConfig(_Strict):
     num_workers: int = Field(default=8, ge=1)
     use_gpu: bool = True
     cpus_per_worker: float = Field(default=4.0, gt=0)
-    accelerator_type: str | None = Field(default=None, description="GPU type train workers need, e.g. H100")
+    accelerator_type: str | None = Field(
+        default=None, description="node type (Ray's accelerator_type resource) train workers need, e.g. H100")
     batch_size: int = Field(default=4096, ge=1, description="per worker and micro-step")
     grad_accum_steps: int = Field(default=1, ge=1)
     epochs: int = Field(default=50, ge=1)

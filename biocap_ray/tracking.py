@@ -3,6 +3,8 @@ secrets out of them."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from pathlib import Path
@@ -54,3 +56,38 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[name] = storage.redact(str(value))[:500]
     return out
+
+
+# --- the cluster's tracking server: MLflow's basic-auth app ------------------------------------
+
+MLFLOW_USER = "biocap"
+
+
+def ray_auth_token() -> str | None:
+    """The Ray cluster's auth token, where Ray itself looks: ``RAY_AUTH_TOKEN``, the file
+    ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token`` (cluster.yaml mounts it on every node)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def mlflow_credentials() -> dict[str, str]:
+    """The tracking server's login, as the environment variables MLflow's client reads.
+
+    The password is derived from the Ray auth token (an HMAC of it), which every node of the
+    cluster already holds: the head's server and every process on every node agree on it
+    without it being stored, sent or logged anywhere, and leaking it does not leak the token.
+    Whoever holds the token can run any code on the cluster, so it grants nothing more.
+    """
+    token = ray_auth_token()
+    if not token:
+        raise FileNotFoundError(
+            "no Ray auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): "
+            "run `ray get-auth-token --generate` before `ray up`"
+        )
+    password = hmac.new(token.encode(), b"biocap-ray mlflow tracking", hashlib.sha256).hexdigest()
+    return {"MLFLOW_TRACKING_USERNAME": MLFLOW_USER, "MLFLOW_TRACKING_PASSWORD": password}

@@ -115,10 +115,37 @@ def test_outputs_and_tracking_point_at_s3_and_the_head(raw):
     assert re.search(r"--env BIOCAP_OUTPUT=s3://[\w.-]+/", options)
     setup = " ".join(raw["head_setup_commands"])
     assert "export MLFLOW_TRACKING_URI=http://" in setup
-    assert any("mlflow server" in c and "--artifacts-destination s3://" in c for c in raw["head_start_ray_commands"])
+    assert any("scripts/mlflow_server.sh 0.0.0.0 5000 " in c and " s3://" in c for c in raw["head_start_ray_commands"])
     for name, node_type in raw["available_node_types"].items():
         if name != raw["head_node_type"]:
             assert "IamInstanceProfile" in node_type["node_config"], f"{name} could not reach S3"
+
+
+def test_every_node_starts_ray_with_the_tracking_login_and_the_dashboard_stays_local(raw):
+    """`ray start` inherits MLFLOW_TRACKING_USERNAME/PASSWORD on every node (so do jobs and
+    workers); a failure to derive them stops the start instead of running without them."""
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in raw[key] if "ray start" in c]
+        assert len(starts) == 1, raw[key]
+        assert starts[0].startswith('credentials=$(biocap-ray mlflow-credentials) && eval "$credentials" && ')
+    head = next(c for c in raw["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head
+
+
+def test_nodes_join_the_users_security_group_and_ray_opens_nothing_else(raw, no_aws):
+    """Every node type names one security group of the user's; with all of them set, Ray's AWS
+    setup neither creates a group nor adds its default rule (SSH from 0.0.0.0/0), and asks AWS
+    nothing while deciding so."""
+    from ray.autoscaler._private.aws.config import _configure_security_group
+
+    groups = {name: t["node_config"].get("SecurityGroupIds") for name, t in raw["available_node_types"].items()}
+    assert set(map(tuple, groups.values())) == {("sg-YOUR-GROUP",)}, groups
+    assert "security_group" not in raw["provider"]
+    configured = _configure_security_group(copy.deepcopy(prepared(raw)))
+    assert {n: t["node_config"]["SecurityGroupIds"] for n, t in configured["available_node_types"].items()} == groups
+    text = CLUSTER_YAML.read_text()
+    assert "--port 22 --cidr YOUR-CIDR" in text and "--protocol -1 --source-group sg-YOUR-GROUP" in text
+    assert "IpPermissions" not in text and "--cidr 0.0.0.0/0" not in text
 
 
 def test_no_secrets_only_placeholders():
@@ -126,6 +153,7 @@ def test_no_secrets_only_placeholders():
     assert not re.search(r"AKIA[0-9A-Z]{16}", text)
     assert not re.search(r"(?i)aws_(secret_access_key|access_key_id|session_token)", text)
     assert "YOUR-BUCKET" in text and "ami-YOUR-GPU-AMI" in text
+    assert not re.search(r"(?i)(password|MLFLOW_TRACKING_PASSWORD)\s*[=:]\s*\w", text)
 
 
 def _fits(bundle: dict[str, float], resources: dict[str, float]) -> bool:

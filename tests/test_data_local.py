@@ -209,3 +209,99 @@ def test_paced_scheduling_sets_a_floor_on_the_loop_period(monkeypatch):
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert min(gaps) >= 0.9 * PacedScheduling.PERIOD, gaps
     assert ray.data.DataContext.get_current().custom_execution_callback_classes == []  # only that dataset
+
+
+# --- what a hostile dataset cannot do ------------------------------------------------------------
+
+
+def _write_metadata(path: Path, files: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "uid", "kingdom", "genus", "species"])
+        w.writeheader()
+        w.writerows({"file": name, "uid": f"r{i}", "kingdom": "Animalia", "genus": "Corvus", "species": "corax"}
+                    for i, name in enumerate(files))
+
+
+def test_metadata_paths_cannot_leave_the_dataset_folder(tmp_path, data_cfg):
+    """Absolute paths, URIs, `..` and symlinks out of the folder become error rows naming the row
+    and the reason; the file outside is never read into a shard. Paths that stay inside pass."""
+    secret = jpeg_bytes((1, 2, 3), size=(33, 17))
+    (tmp_path / "secret.jpg").write_bytes(secret)
+    root = tmp_path / "data"
+    (root / "images" / "sub").mkdir(parents=True)
+    (root / "images" / "good.jpg").write_bytes(jpeg_bytes())
+    (root / "images" / "sub" / "deep.jpg").write_bytes(jpeg_bytes((9, 9, 9)))
+    (root / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "images" / "inner.jpg").symlink_to(root / "images" / "good.jpg")  # a link that stays inside
+    files = ["../secret.jpg", str(tmp_path / "secret.jpg"), "images/link.jpg", "images/../../secret.jpg",
+             "file:///etc/hostname", "images/good.jpg", "images/sub/../sub/deep.jpg", "images/inner.jpg"]
+    _write_metadata(root / "metadata.csv", files)
+    rows = records(str(root), data_cfg)
+    errors = {uid: r["error"] for uid, r in rows.items() if r["error"]}
+    assert errors == {
+        "r0": "field 'file' '../secret.jpg' leaves the dataset's folder",
+        "r1": f"field 'file' '{tmp_path / 'secret.jpg'}' is an absolute path; paths are relative to the metadata file",
+        "r2": "field 'file' 'images/link.jpg' is a symlink out of the dataset's folder",
+        "r3": "field 'file' 'images/../../secret.jpg' leaves the dataset's folder",
+        "r4": "field 'file' 'file:///etc/hostname' is an absolute path; paths are relative to the metadata file",
+    }
+    assert rows["r0"]["origin"] == "metadata.csv data row 1" and rows["r0"]["image"] is None
+    assert {uid for uid, r in rows.items() if r["image"]} == {"r5", "r6", "r7"}
+    out = convert(str(root), str(tmp_path / "shards"), data_cfg)
+    assert (out["records"], out["errors"]) == (3, 5)
+    shards = b"".join(p.read_bytes() for p in (tmp_path / "shards").glob("*.tar"))
+    assert secret not in shards
+
+
+def test_an_oversized_image_file_member_or_cell_becomes_an_error_row(tmp_path, data_cfg):
+    """data.max_image_bytes bounds what one record may bring into memory, in every format."""
+    cfg = data_cfg.model_copy(update={"max_image_bytes": 4000})
+    small, big = jpeg_bytes(), jpeg_bytes() + b"\0" * 5000
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "small.jpg").write_bytes(small)
+    (root / "images" / "big.jpg").write_bytes(big)
+    _write_metadata(root / "metadata.csv", ["images/small.jpg", "images/big.jpg"])
+    folder = records(str(root), cfg)
+    assert folder["r0"]["error"] is None and folder["r0"]["image"] == small
+    assert folder["r1"]["error"] == "image file 'images/big.jpg' is over the limit of 4,000 bytes (data.max_image_bytes)"
+
+    (tmp_path / "tar").mkdir()
+    _write_tar(tmp_path / "tar" / "shard-000000.tar", [{"__key__": "s", "jpg": small, "sci.txt": b"Corvus corax"},
+                                                       {"__key__": "b", "jpg": big, "sci.txt": b"Corvus corax"}])
+    shard = records(str(tmp_path / "tar"), cfg)
+    assert shard["s"]["error"] is None and shard["s"]["image"] == small
+    assert shard["b"]["error"] == (f"member 'b.jpg' is {len(big):,} bytes, over the limit of 4,000 "
+                                   "(data.max_image_bytes)") and shard["b"]["image"] is None
+
+    convert(str(root), str(tmp_path / "parquet"), data_cfg, to="parquet")  # written without the limit
+    cells = records(str(tmp_path / "parquet"), cfg)
+    assert cells["r0"]["error"] is None
+    assert cells["r1"]["error"] == "image is over the limit of 4,000 bytes (data.max_image_bytes)"
+    assert cells["r1"]["image"] is None
+
+
+def test_the_shard_reader_skips_an_oversized_member_without_reading_it_in():
+    """Python's allocations while reading a shard stay far below its 8 MB member, which is skipped."""
+    import tracemalloc
+
+    from biocap_ray.data.shard_reader import samples
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in [("a.jpg", b"x" * 1000), ("a.sci.txt", b"Corvus corax"), ("b.jpg", b"y" * 8_000_000),
+                           ("c.jpg", b"z" * 1000)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    stream = io.BytesIO(buf.getvalue())
+    tracemalloc.start()
+    try:
+        got = list(samples(stream, "shard.tar", max_member_bytes=100_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [s["__key__"] for s in got] == ["a", "b", "c"]
+    assert got[0]["jpg"] == b"x" * 1000 and got[0]["sci.txt"] == b"Corvus corax" and "__error__" not in got[0]
+    assert "jpg" not in got[1] and "over the limit of 100,000" in got[1]["__error__"]
+    assert peak < 1_000_000

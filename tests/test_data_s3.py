@@ -52,6 +52,24 @@ def test_folder_on_s3_to_parquet_on_s3(s3_bucket, data_cfg):
         assert rec["image"] == (SAMPLE / "images" / f"{uid}.jpg").read_bytes()
 
 
+def test_metadata_on_s3_cannot_reach_keys_outside_its_prefix(s3_bucket, data_cfg):
+    """`..` and absolute keys (another bucket, a URI) are error rows; the key beside the dataset
+    is never read. A bucket has no symlinks."""
+    good = (SAMPLE / "images").glob("*.jpg").__next__().read_bytes()
+    storage.write_bytes(f"{s3_bucket}/private/secret.jpg", good + b"secret")
+    storage.write_bytes(f"{s3_bucket}/data/images/good.jpg", good)
+    files = ["images/good.jpg", "../private/secret.jpg", "images/../../private/secret.jpg",
+             f"{s3_bucket}/private/secret.jpg", "/private/secret.jpg"]
+    rows = "\n".join(f"{f},r{i},Animalia,Corvus,corax" for i, f in enumerate(files))
+    storage.write_bytes(f"{s3_bucket}/data/metadata.csv", f"file,uid,kingdom,genus,species\n{rows}\n".encode())
+    got = _by_uid(f"{s3_bucket}/data", data_cfg)
+    assert got["r0"]["error"] is None and got["r0"]["image"] == good
+    reasons = {uid: r["error"].rsplit("' ", 1)[1] for uid, r in got.items() if uid != "r0"}
+    outside, absolute = "leaves the dataset's folder", "is an absolute path; paths are relative to the metadata file"
+    assert reasons == {"r1": outside, "r2": outside, "r3": absolute, "r4": absolute}
+    assert not any(r["image"] and r["image"].endswith(b"secret") for r in got.values())
+
+
 def test_cli_on_s3_never_prints_credentials(s3_bucket):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     secret = env["AWS_SECRET_ACCESS_KEY"]

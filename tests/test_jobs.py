@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -61,7 +62,7 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def _stop_head(proc: subprocess.Popen) -> None:
+def _stop_session(proc: subprocess.Popen) -> None:
     """`ray stop` would stop every Ray on this machine (other tests' too); stop only this head's
     session: SIGTERM, then SIGKILL whatever is left after a grace period."""
     _signal_all(_session_pids(proc.pid), signal.SIGTERM)
@@ -116,8 +117,11 @@ def ray_head():
     cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
            "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={tmp / 'ray'}", "--disable-usage-stats",
            *(f"{flag}={port}" for flag, port in ports.items())]
+    # as cluster.yaml starts Ray on every node: with the tracking server's login in the environment
+    start = f'credentials=$(biocap-ray mlflow-credentials) && eval "$credentials" && exec {shlex.join(cmd)}'
     log = open(tmp / "head.log", "wb")
-    proc = subprocess.Popen(cmd, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(["bash", "-c", start], env=head_env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         deadline = time.monotonic() + 180
@@ -129,7 +133,7 @@ def ray_head():
         yield address
     finally:
         _CLIENT_ENV.pop(address, None)
-        _stop_head(proc)
+        _stop_session(proc)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -250,17 +254,66 @@ def test_caption_job_writes_one_caption_row_per_uid(ray_head, tiny_data, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def trained(ray_head, tiny_data, tmp_path_factory) -> tuple[Path, int, str]:
-    """The train job, run once for the tests that need its outputs."""
+def tracking_server(ray_head, tmp_path_factory):
+    """The cluster's tracking server as cluster.yaml starts it on the head (scripts/mlflow_server.sh:
+    MLflow's basic-auth app, its login derived from the head's Ray token), on loopback."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    log = open(folder / "server.log", "wb")
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "mlflow_server.sh"), "127.0.0.1", str(port),
+         f"sqlite:///{folder / 'mlflow.db'}", str(folder / "artifacts")],
+        env=_CLIENT_ENV[ray_head], cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while _http_status(f"{uri}/health") != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the tracking server did not come up:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield uri, folder
+    finally:
+        _stop_session(proc)
+        log.close()
+
+
+def _http_status(url: str, login: tuple[str, str] | None = None) -> int:
+    import base64
+
+    headers = {}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def _login(address: str) -> dict[str, str]:
+    """MLFLOW_TRACKING_USERNAME/PASSWORD as every node of that head's cluster derives them."""
+    env = _CLIENT_ENV[address]
+    out = subprocess.run([str(BIN / "biocap-ray"), "mlflow-credentials"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+
+
+@pytest.fixture(scope="module")
+def trained(ray_head, tiny_data, tracking_server, tmp_path_factory) -> tuple[Path, int, str]:
+    """The train job, run once for the tests that need its outputs, tracking to the server."""
     out_dir = tmp_path_factory.mktemp("train") / "train"
     code, out = submit(ray_head, "jobs/train.py", str(tiny_data), str(out_dir), "--name", "job",
                        "--config", "local", "--set", "train.max_steps=2", "--set", "train.batch_size=2",
                        "--set", "train.checkpoint_every=2", "--set", "train.val_fraction=0",
+                       "--set", f"train.mlflow_tracking_uri={tracking_server[0]}",
                        "--set", "data.batch_size=4", submission_id="train")
     return out_dir, code, out
 
 
-def test_train_job_exports_a_checkpoint_and_tracks_the_run_in_mlflow(ray_head, trained):
+def test_train_job_exports_a_checkpoint_and_tracks_the_run_in_mlflow(ray_head, trained, tracking_server,
+                                                                      monkeypatch):
     from mlflow.tracking import MlflowClient
     from safetensors.torch import load_file
 
@@ -272,11 +325,34 @@ def test_train_job_exports_a_checkpoint_and_tracks_the_run_in_mlflow(ray_head, t
     assert summary["run"] == "job" and summary["steps"] == 2 and summary["records"] == 6
     assert Path(summary["export"]) == export
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{out_dir / 'mlflow.db'}")
+    # the job and its Ray Train worker logged in to the tracking server with the nodes' login
+    login = _login(ray_head)
+    for key, value in login.items():
+        monkeypatch.setenv(key, value)
+    client = MlflowClient(tracking_uri=tracking_server[0])
     experiment = client.get_experiment_by_name("biocap")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert client.get_metric_history(runs[0].info.run_id, "loss")
+    password = login["MLFLOW_TRACKING_PASSWORD"]
+    assert password not in job_logs(ray_head, "train") and password not in out
+    assert not any(password in value for value in runs[0].data.params.values())
+    assert not any(password in p.read_text(errors="ignore") for p in tracking_server[1].glob("*.log"))
+
+
+def test_the_tracking_server_refuses_requests_without_the_login(ray_head, tracking_server):
+    uri, _ = tracking_server
+    login = _login(ray_head)
+    user, password = login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"]
+    api = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _http_status(api) == 401
+    assert _http_status(api, (user, "not-the-password")) == 401
+    assert _http_status(api, ("admin", password)) == 401
+    assert _http_status(api, (user, password)) == 200
+    # the login follows the Ray token: another cluster's token gives another password
+    other = subprocess.run([str(BIN / "biocap-ray"), "mlflow-credentials"], capture_output=True, text=True,
+                           env={**_CLIENT_ENV[ray_head], "RAY_AUTH_TOKEN": secrets.token_hex(32)}, check=True)
+    assert password not in other.stdout and "MLFLOW_TRACKING_PASSWORD=" in other.stdout
 
 
 @pytest.mark.parametrize("bad, named", [

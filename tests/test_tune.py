@@ -35,6 +35,8 @@ def test_a_trial_config_is_validated_and_the_cluster_decides_concurrency():
         trial_config(base, {"train.caption_weight": 2.0})
     assert concurrent_trials(base, {"CPU": 2}) == 1  # 2 workers x 0.5 CPU + a driver (0.25) + decoding (0.5)
     assert concurrent_trials(base, {"CPU": 16}) == 9
+    actors = load_config("local", ["train.data_actors=2"])  # + a decode actor beside the read task
+    assert concurrent_trials(actors, {"CPU": 16}) == 7
     gpu = load_config("cluster")
     assert concurrent_trials(gpu, {"GPU": 16, "CPU": 200}) == 16 // gpu.train.num_workers
 

@@ -136,6 +136,7 @@ class FetchContext:
             max_retries=self.cfg.max_retries,
             backoff_s=self.cfg.backoff_s,
             max_backoff_s=self.cfg.max_backoff_s,
+            max_response_bytes=self.cfg.max_response_bytes,
             cache=ResponseCache(cache_uri),
         )
         self.genera_done: set[str] = set()

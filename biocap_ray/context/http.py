@@ -9,7 +9,6 @@ the next run. Counters in ``stats`` say how many requests, cache hits and retrie
 from __future__ import annotations
 
 import email.utils
-import gzip
 import http.client
 import json
 import random
@@ -19,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable, Mapping
 
 from biocap_ray.context.cache import ResponseCache
@@ -68,6 +68,7 @@ class ApiClient:
         max_backoff_s: float = 60.0,
         cache: ResponseCache | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_response_bytes: int = 8 * 2**20,
     ) -> None:
         self.api_url = api_url
         self.user_agent = user_agent
@@ -78,6 +79,7 @@ class ApiClient:
         self.max_backoff_s = max_backoff_s
         self.cache = cache
         self.sleep = sleep
+        self.max_response_bytes = max_response_bytes
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0}
         self._lock = threading.Lock()
         self._next_at = 0.0
@@ -124,6 +126,13 @@ class ApiClient:
         if wait > 0:
             self.sleep(wait)
 
+    def _bounded(self, body: bytes) -> bytes:
+        """``body`` if within ``max_response_bytes`` (read at most one byte more), else an error:
+        an endpoint that streams without end must not fill the worker's memory."""
+        if len(body) > self.max_response_bytes:
+            raise ApiError(f"response over the limit of {self.max_response_bytes:,} bytes (context.max_response_bytes)")
+        return body
+
     def _request(self, url: str) -> dict:
         self._throttle()
         self.stats["requests"] += 1
@@ -132,9 +141,13 @@ class ApiClient:
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                body = response.read()
+                body = self._bounded(response.read(self.max_response_bytes + 1))
                 if response.headers.get("Content-Encoding", "").lower() == "gzip":
-                    body = gzip.decompress(body)
+                    try:
+                        body = self._bounded(zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
+                            body, self.max_response_bytes + 1))
+                    except zlib.error:
+                        raise _Retry("malformed gzip in the response") from None
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except urllib.error.HTTPError as exc:
             if exc.code in RETRY_STATUS:

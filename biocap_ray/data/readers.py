@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
 
 import pyarrow as pa
@@ -33,7 +34,7 @@ FORMATS = ("webdataset", "folder", "parquet")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _TEXT_KEYS = tuple(f"{t}.txt" for t in TEXT_TYPES)
 KNOWN_SHARD_KEYS = frozenset(
-    {"__key__", "__url__", "json", "caption.txt", "txt", "cls", *IMAGE_KEYS, *_TEXT_KEYS}
+    {"__key__", "__url__", "__error__", "json", "caption.txt", "txt", "cls", *IMAGE_KEYS, *_TEXT_KEYS}
 )
 METADATA_NAMES = ("metadata.csv", "metadata.parquet", "metadata.tsv")
 # Other names benchmark metadata uses for the image path and for a single class-name column
@@ -130,12 +131,13 @@ def _shard_paths(uri: str) -> list[str]:
 def _read_webdataset(uri: str, cfg: DataConfig, order: list[int] | None = None):
     import ray
 
+    from biocap_ray.data.shard_reader import ShardSource
+
     fs, _ = storage.resolve(uri)
     paths = _shard_paths(uri)
-    ds = ray.data.read_webdataset(
-        [paths[i] for i in order] if order is not None else paths, filesystem=fs, decoder=None,
-        include_paths=True, num_cpus=cfg.num_cpus_per_task,
-    )
+    source = ShardSource([paths[i] for i in order] if order is not None else paths, cfg.max_image_bytes,
+                         filesystem=fs)
+    ds = ray.data.read_datasource(source, num_cpus=cfg.num_cpus_per_task)
     return ds.map_batches(_shard_batch_to_records, **_task_kwargs(cfg))
 
 
@@ -163,7 +165,9 @@ def shard_sample_to_record(sample: dict) -> dict:
             meta = json.loads(sample["json"])
         except (ValueError, UnicodeDecodeError) as exc:
             error = f"field 'json': not valid JSON ({exc})"
-    if unknown:
+    if sample.get("__error__"):
+        error = sample["__error__"]
+    elif unknown:
         error = f"unknown key(s) {', '.join(repr(u) for u in unknown)} (known: image, *.txt text types, json)"
     elif image is None:
         error = "no image (expected one of the keys: " + ", ".join(IMAGE_KEYS) + ")"
@@ -289,12 +293,40 @@ def _read_folder(uri: str, cfg: DataConfig, order: list[int] | None = None):
     root = meta_uri.rsplit("/", 1)[0]
     chunks = [ray.put(table.slice(i, cfg.batch_size)) for i in range(0, max(table.num_rows, 1), cfg.batch_size)]
     ds = ray.data.from_arrow_refs([chunks[i] for i in order] if order is not None else chunks)
-    return ds.map_batches(_attach_folder_images, fn_kwargs={"root": root}, **_task_kwargs(cfg))
+    return ds.map_batches(_attach_folder_images, fn_kwargs={"root": root, "max_bytes": cfg.max_image_bytes},
+                          **_task_kwargs(cfg))
 
 
-def _attach_folder_images(batch: pa.Table, root: str) -> pa.Table:
-    """Attach image bytes to metadata rows; a missing image file becomes an error row."""
+def inside(root_path: str, rel: str, local: bool) -> str:
+    """The path of image ``rel`` under ``root_path``; ValueError (naming why) when ``rel`` is
+    absolute, a URI, or leaves the dataset's folder by ``..`` or, locally, by a symlink: a
+    metadata file must not make a job read (and publish into shards) files beside its dataset."""
+    if rel.startswith(("/", "\\")) or "://" in rel or rel[1:3] in (":/", ":\\"):
+        raise ValueError(f"field 'file' {rel!r} is an absolute path; paths are relative to the metadata file")
+    path = posixpath.normpath(posixpath.join(root_path, rel))
+    if path != root_path and not path.startswith(root_path.rstrip("/") + "/"):
+        raise ValueError(f"field 'file' {rel!r} leaves the dataset's folder")
+    if local:
+        real, real_root = os.path.realpath(path), os.path.realpath(root_path)
+        if not real.startswith(real_root.rstrip("/") + "/"):
+            raise ValueError(f"field 'file' {rel!r} is a symlink out of the dataset's folder")
+    return path
+
+
+def read_image_file(fs, path: str, shown: str, max_bytes: int) -> bytes:
+    """An image file's bytes, reading at most ``max_bytes`` + 1 of them."""
+    with fs.open_input_stream(path) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"image file {shown!r} is over the limit of {max_bytes:,} bytes (data.max_image_bytes)")
+    return data
+
+
+def _attach_folder_images(batch: pa.Table, root: str, max_bytes: int) -> pa.Table:
+    """Attach image bytes to metadata rows; a missing, oversized or out-of-folder image file
+    becomes an error row."""
     fs, root_path = storage.resolve(root)
+    local = not storage.is_s3(root)
     records = []
     for row in batch.to_pylist():
         error = row.get("metadata_error")
@@ -305,8 +337,9 @@ def _attach_folder_images(batch: pa.Table, root: str) -> pa.Table:
                 error = "field 'file' is empty"
             else:
                 try:
-                    with fs.open_input_stream(posixpath.join(root_path, rel)) as f:
-                        image = f.read()
+                    image = read_image_file(fs, inside(root_path, rel, local), rel, max_bytes)
+                except ValueError as exc:
+                    error = str(exc)
                 except OSError as exc:
                     error = f"image file {rel!r} unreadable: {storage.redact(str(exc))}"
         records.append(
@@ -345,10 +378,11 @@ def _read_parquet(uri: str, cfg: DataConfig, order: list[int] | None = None):
         raise ValueError(f"{paths[0]}: missing required column(s) {', '.join(missing)}; found {', '.join(first.names)}")
     ds = ray.data.read_parquet([paths[i] for i in order] if order is not None else paths, filesystem=fs,
                                include_paths=True, num_cpus=cfg.num_cpus_per_task)
-    return ds.map_batches(_parquet_batch_to_records, **_task_kwargs(cfg))
+    return ds.map_batches(_parquet_batch_to_records, fn_kwargs={"max_bytes": cfg.max_image_bytes},
+                          **_task_kwargs(cfg))
 
 
-def _parquet_batch_to_records(batch: pa.Table) -> pa.Table:
+def _parquet_batch_to_records(batch: pa.Table, max_bytes: int) -> pa.Table:
     if "origin" not in batch.column_names or pc.all(pc.is_null(batch.column("origin"))).as_py():
         paths = batch.column("path") if "path" in batch.column_names else pa.nulls(batch.num_rows, pa.string())
         batch = batch.drop_columns([c for c in ("origin",) if c in batch.column_names])
@@ -356,4 +390,16 @@ def _parquet_batch_to_records(batch: pa.Table) -> pa.Table:
     image = batch.column("image")
     if pa.types.is_struct(image.type):  # Hugging Face datasets style {bytes, path}
         batch = batch.set_column(batch.column_names.index("image"), "image", pc.struct_field(image, "bytes"))
-    return schema.conform(batch, origin="parquet batch")
+    return _without_oversized_images(schema.conform(batch, origin="parquet batch"), max_bytes)
+
+
+def _without_oversized_images(records: pa.Table, max_bytes: int) -> pa.Table:
+    """Records whose image is over ``max_bytes`` become error rows, their bytes dropped."""
+    over = pc.fill_null(pc.greater(pc.binary_length(records.column("image")), max_bytes), False)
+    if not pc.any(over).as_py():
+        return records
+    message = f"image is over the limit of {max_bytes:,} bytes (data.max_image_bytes)"
+    error = pc.if_else(over, pc.coalesce(records.column("error"), pa.scalar(message)), records.column("error"))
+    image = pc.if_else(over, pa.scalar(None, records.schema.field("image").type), records.column("image"))
+    records = records.set_column(records.column_names.index("error"), "error", error)
+    return records.set_column(records.column_names.index("image"), "image", image)

@@ -40,13 +40,14 @@ def _split_counts(batch: pa.Table, fraction: float) -> pa.Table:
 def unit_counts(src: str, cfg, cache_dir: str) -> tuple[list[str], list[int]]:
     """Units of ``src`` and how many of their records are in the training split.
 
-    Shards and Parquet files are counted once by a Ray Data job that reads only their keys (for
-    shards that still means reading them whole) and the counts are kept under ``cache_dir``,
+    Shards and Parquet files are counted once by a Ray Data job that reads only their keys (a
+    shard's tar headers: the stream passes over its members' data without keeping it) and the counts are kept under ``cache_dir``,
     keyed by the file list and the split; a folder's metadata table is on the driver already.
     """
     import ray
 
     from biocap_ray.data.readers import detect_format
+    from biocap_ray.data.shard_reader import ShardSource
     from biocap_ray.train.ingest import is_held_out
 
     fraction = 0.0 if cfg.train.val_data else cfg.train.val_fraction
@@ -67,8 +68,8 @@ def unit_counts(src: str, cfg, cache_dir: str) -> tuple[list[str], list[int]]:
         fs, _ = storage.resolve(src)
         n = cfg.data.num_cpus_per_task
         if fmt == "webdataset":
-            keys = ray.data.read_webdataset(units, filesystem=fs, decoder=None, include_paths=True, num_cpus=n)
-            keys = keys.select_columns(["__key__", "path"]).rename_columns({"__key__": "uid"})
+            source = ShardSource(units, cfg.data.max_image_bytes, keys_only=True, filesystem=fs)  # no member read
+            keys = ray.data.read_datasource(source, num_cpus=n).rename_columns({"__key__": "uid"})
         else:
             keys = ray.data.read_parquet(units, filesystem=fs, columns=["uid"], include_paths=True, num_cpus=n)
         partial = keys.map_batches(_split_counts, fn_kwargs={"fraction": fraction}, batch_format="pyarrow",

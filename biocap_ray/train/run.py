@@ -97,7 +97,7 @@ def train(src: str, out: str, cfg: Config, run_name: str = "biocap", *, parent_r
                                "val_classes": classes, "parent_run_id": parent_run_id},
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker={"CPU": t.cpus_per_worker},
-                                         accelerator_type=t.accelerator_type if t.use_gpu else None),
+                                         accelerator_type=t.accelerator_type),
             run_config=RunConfig(
                 name=run_name, storage_path=path, storage_filesystem=fs if storage.is_s3(runs) else None,
                 # restarts are this loop's: each one gets a data plan from its checkpoint onwards

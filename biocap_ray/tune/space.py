@@ -60,4 +60,6 @@ def concurrent_trials(cfg: Config, resources: dict[str, float]) -> int:
     if t.use_gpu:
         return max(1, int(resources.get("GPU", 0) // t.num_workers))
     per_trial = t.num_workers * t.cpus_per_worker + tn.trial_cpus + cfg.data.num_cpus_per_task
+    if t.data_actors != 0:  # a read task and at least one decode actor run side by side
+        per_trial += cfg.data.num_cpus_per_task
     return max(1, int(resources.get("CPU", 1) // per_trial))

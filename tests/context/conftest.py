@@ -88,6 +88,7 @@ class FakeWiki:
         self.failures: dict[str, list[tuple[int, str]]] = {}  # title → [(status, Retry-After)]
         self.malformed: set[str] = set()
         self.down: set[str] = set()  # titles answered with 503 for as long as they are listed
+        self.raw: dict[str, tuple[dict[str, str], bytes]] = {}  # title → (headers, body) answered as is
         self.requests: list[dict] = []
         self.user_agents: list[str] = []
         self._lock = threading.Lock()
@@ -129,6 +130,8 @@ class FakeWiki:
         subject = params.get("titles") or params.get("gsrsearch") or ""
         if subject in self.down:
             return 503, {}, b"down"
+        if subject in self.raw:
+            return 200, *self.raw[subject]
         plan = self.failures.get(subject)
         if plan:
             status, retry_after = plan.pop(0)
@@ -207,6 +210,7 @@ def fake_wiki(_wiki_server):
     wiki.failures.clear()
     wiki.malformed.clear()
     wiki.down.clear()
+    wiki.raw.clear()
     wiki.requests.clear()
     wiki.user_agents.clear()
     standard_pages(wiki)

@@ -97,6 +97,23 @@ def test_malformed_json_fails_after_retries_and_is_not_cached(fake_wiki, tmp_pat
     assert row["status"] == "not_found"  # asked again: the failure was not cached
 
 
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_an_oversized_response_is_refused_unread(fake_wiki, encoding):
+    """A reply over the limit (or a small gzip body that inflates past it) is a clear error,
+    read no further than the limit, and not retried."""
+    import gzip
+
+    big = b'{"batchcomplete": true, "pad": "' + b"x" * 300_000 + b'"}'
+    body = gzip.compress(big) if encoding == "gzip" else big
+    assert encoding == "identity" or len(body) < 10_000  # the bomb is small on the wire
+    fake_wiki.raw["Hugeus pagus"] = ({"Content-Encoding": encoding}, body)
+    client = _client(fake_wiki, max_response_bytes=100_000)
+    with pytest.raises(ApiError, match="over the limit of 100,000 bytes"):
+        client.get({"titles": "Hugeus pagus"})
+    assert client.stats["requests"] == 1
+    assert _client(fake_wiki, max_response_bytes=400_000).get({"titles": "Hugeus pagus"})["pad"][:3] == "xxx"
+
+
 def test_cache_makes_rerun_request_nothing(fake_wiki, tmp_path):
     queries = [_query(**COUGAR_ROW), _query(genus="Morus", kingdom="Plantae"), _query(genus="Nix", species="nox")]
     first = [fetch_context(_client(fake_wiki, tmp_path), q) for q in queries]
