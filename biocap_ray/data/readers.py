@@ -297,18 +297,18 @@ def _read_folder(uri: str, cfg: DataConfig, order: list[int] | None = None):
                           **_task_kwargs(cfg))
 
 
-def inside(root_path: str, rel: str, local: bool) -> str:
+def inside(root_path: str, rel: str, real_root: str | None) -> str:
     """The path of image ``rel`` under ``root_path``; ValueError (naming why) when ``rel`` is
-    absolute, a URI, or leaves the dataset's folder by ``..`` or, locally, by a symlink: a
-    metadata file must not make a job read (and publish into shards) files beside its dataset."""
+    absolute, a URI, or leaves the dataset's folder by ``..`` or, locally (``real_root``: the
+    folder with its symlinks resolved), by a symlink: a metadata file must not make a job read
+    (and publish into shards) files beside its dataset."""
     if rel.startswith(("/", "\\")) or "://" in rel or rel[1:3] in (":/", ":\\"):
         raise ValueError(f"field 'file' {rel!r} is an absolute path; paths are relative to the metadata file")
     path = posixpath.normpath(posixpath.join(root_path, rel))
     if path != root_path and not path.startswith(root_path.rstrip("/") + "/"):
         raise ValueError(f"field 'file' {rel!r} leaves the dataset's folder")
-    if local:
-        real, real_root = os.path.realpath(path), os.path.realpath(root_path)
-        if not real.startswith(real_root.rstrip("/") + "/"):
+    if real_root is not None:
+        if not os.path.realpath(path).startswith(real_root.rstrip("/") + "/"):
             raise ValueError(f"field 'file' {rel!r} is a symlink out of the dataset's folder")
     return path
 
@@ -326,7 +326,7 @@ def _attach_folder_images(batch: pa.Table, root: str, max_bytes: int) -> pa.Tabl
     """Attach image bytes to metadata rows; a missing, oversized or out-of-folder image file
     becomes an error row."""
     fs, root_path = storage.resolve(root)
-    local = not storage.is_s3(root)
+    real_root = None if storage.is_s3(root) else os.path.realpath(root_path)  # once per batch, not per row
     records = []
     for row in batch.to_pylist():
         error = row.get("metadata_error")
@@ -337,7 +337,7 @@ def _attach_folder_images(batch: pa.Table, root: str, max_bytes: int) -> pa.Tabl
                 error = "field 'file' is empty"
             else:
                 try:
-                    image = read_image_file(fs, inside(root_path, rel, local), rel, max_bytes)
+                    image = read_image_file(fs, inside(root_path, rel, real_root), rel, max_bytes)
                 except ValueError as exc:
                     error = str(exc)
                 except OSError as exc:
