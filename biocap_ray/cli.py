@@ -134,10 +134,16 @@ def _cmd_mlflow_credentials(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+SAMPLE_INPUT = "sample_data/species-sample"
+
+
 def _cmd_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.pipeline import render, run_pipeline
 
-    result = run_pipeline(cfg, args.input, args.output, overwrite=args.overwrite)
+    if args.input is None and args.config != "local":
+        raise ValueError(f"pipeline --input is required with --config {args.config} (the shipped sample is only"
+                         " the local preset's default input)")
+    result = run_pipeline(cfg, args.input or SAMPLE_INPUT, args.output, overwrite=args.overwrite)
     print(render(result))
     return _summary(result)
 
@@ -202,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--from", dest="src_format", choices=("webdataset", "folder", "parquet"), default=None)
     gen.set_defaults(run=_cmd_caption)
     mrg = cap_cmds.add_parser("merge", parents=[common], help="write shards with captions as caption.txt")
-    mrg.add_argument("src", help="the dataset that was captioned")
+    mrg.add_argument("src", help="the dataset that was captioned, as shards or Parquet (ingest a folder first)")
     mrg.add_argument("captions", help="the caption output folder")
     mrg.add_argument("dst", help="output folder for the captioned shards")
     mrg.add_argument("--overwrite", action="store_true")
@@ -233,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     tun.set_defaults(run=_cmd_tune)
 
     pipe = stages.add_parser("pipeline", parents=[common], help="run every stage end to end")
-    pipe.add_argument("--input", default="sample_data/species-sample", help="input dataset")
+    pipe.add_argument("--input", default=None,
+                      help=f"input dataset (required unless --config local, whose default is {SAMPLE_INPUT})")
     pipe.add_argument("--output", default="outputs/pipeline", help="output folder, local or s3://")
     pipe.add_argument("--overwrite", action="store_true", help="recompute stages whose outputs exist")
     pipe.set_defaults(run=_cmd_pipeline)

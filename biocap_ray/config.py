@@ -124,6 +124,10 @@ class CaptionConfig(_Strict):
     )
     max_attempts: int = Field(default=3, ge=1, description="generations per image when qc_action=retry")
     rows_per_file: int = Field(default=1000, ge=1, description="captions per output Parquet file")
+    min_context_coverage: float = Field(
+        default=0.2, ge=0, le=1,
+        description="warn when fewer captions than this share had a Wikipedia excerpt (a wrong join key, say)")
+    page_rows: int = Field(default=24, ge=0, description="captions shown beside their images on captions.html")
     engine_max_restarts: int = Field(default=3, ge=0, description="restarts of a crashed engine actor")
     engine_env: dict[str, str] = Field(
         default_factory=dict, description="environment of engine actors, e.g. VLLM_CPU_KVCACHE_SPACE on CPU"

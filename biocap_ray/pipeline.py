@@ -35,6 +35,7 @@ def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool =
     continues from its latest checkpoint; evaluation runs again.
     """
     from biocap_ray.caption.merge import merge_captions
+    from biocap_ray.caption.page import PAGE_FILE
     from biocap_ray.caption.run import caption
     from biocap_ray.context.build import build_wikipedia_context, import_context
     from biocap_ray.data.ops import convert
@@ -73,7 +74,7 @@ def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool =
         cfg.evaluate.mlflow_tracking_uri = (cfg.evaluate.mlflow_tracking_uri or cfg.train.mlflow_tracking_uri
                                             or default_tracking_uri(out["train"]))
         evaluate(out["captioned"], out["evaluate"], cfg, [f"biocap={cfg.train.model}:{export}"],
-                 held_out=cfg.train.val_fraction > 0)
+                 held_out=cfg.train.val_fraction > 0, captions_page=storage.join(out["captions"], PAGE_FILE))
         return {"metrics": storage.redact(storage.join(out["evaluate"], "metrics.json"))}
 
     run_stage("evaluate", out["evaluate"], overwrite, evaluation)
@@ -86,6 +87,9 @@ def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool =
         "caption_errors": captions["errors"],
         "qc_pass_rate": captions["qc_pass_rate"],
         "context_levels": captions["context_levels"],
+        "context_coverage": captions.get("context_coverage"),
+        "captions_page": captions.get("captions_page"),
+        "warnings": captions.get("warnings", []),
         "train_steps": trained["steps"],
         "train_loss": trained["final_loss"],
         "model_export": storage.redact(export),
@@ -103,14 +107,19 @@ def render(summary: dict) -> str:
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
+    levels = ", ".join(f"{k} {v}" for k, v in sorted(summary["context_levels"].items(), key=lambda kv: -kv[1]))
     return "\n".join([
         "pipeline finished",
         f"  images      {summary['records']} ingested ({summary['ingest_errors']} ingest errors)",
         f"  captions    {summary['captions_written']} written, QC pass rate {pct(summary['qc_pass_rate'])},"
         f" {summary['caption_errors']} errors",
+        f"  context     {pct(summary['context_coverage'])} of captions had a Wikipedia excerpt in their prompt"
+        f" ({levels})",
+        f"  captions    {summary['captions_page'] or 'no page'}  (a sample beside its images and prompts)",
         f"  training    {summary['train_steps']} steps, final loss {summary['train_loss']}",
         f"  zero-shot   top-1 {pct(summary['zero_shot_top1'])}, top-5 {pct(summary['zero_shot_top5'])};"
         f" retrieval mean recall {pct(summary['retrieval_mean_recall'])} (paper variant)",
         f"  report      {summary['report']}",
         f"  MLflow      {summary['mlflow_tracking_uri']}  (mlflow ui --backend-store-uri <that URI>)",
+        *(f"  WARNING     {w}" for w in summary["warnings"]),
     ])

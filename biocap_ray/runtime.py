@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from biocap_ray.config import RayConfig
 
@@ -26,4 +27,16 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
+    progress_as_log_lines()
     log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def progress_as_log_lines() -> None:
+    """Without a terminal (``ray job logs``, a file), Ray Data reports progress as log lines: on
+    the driver it does so by itself, but datasets run in Ray workers (Ray Train's split
+    coordinator) draw tqdm bars through the driver, whose redraws are garbage in a log. Datasets
+    created after this call carry the setting to the workers that run them."""
+    import ray
+
+    if not sys.stdout.isatty():
+        ray.data.DataContext.get_current().use_ray_tqdm = False

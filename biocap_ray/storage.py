@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -100,12 +101,19 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file: readers see all of it or none (an S3 PUT is atomic; locally the bytes
+    go to a hidden name first, then are renamed)."""
     fs, path = resolve(uri)
-    parent = path.rsplit("/", 1)[0]
-    if not is_s3(uri):
-        fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as f:
+    if is_s3(uri):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    parent, name = path.rsplit("/", 1)
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{parent}/_tmp-{uuid.uuid4().hex[:12]}-{name}"
+    with fs.open_output_stream(tmp) as f:
         f.write(data)
+    fs.move(tmp, path)
 
 
 def redact(text: str) -> str:

@@ -23,7 +23,7 @@ from biocap_ray.caption.merge import merge_captions
 from biocap_ray.caption.run import caption
 from biocap_ray.config import load_config
 from biocap_ray.context.build import import_context
-from biocap_ray.data import readers
+from biocap_ray.data import readers, writers
 from conftest import REPO, SAMPLE, ray_session_dir
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -103,9 +103,29 @@ def test_transformers_engine_captions_every_image_once_and_resumes(dataset, tmp_
     assert levels["bos_taurus_npc19"] is None
     assert summary["errors"] == 1 and 0 <= summary["qc_pass_rate"] <= 1
     assert summary["prefix_cache_hit_rate"] is None and all(r["cached_tokens"] is None for r in good)
+    # the tiny random model writes garbage, and QC says so
+    assert summary["qc_failures"]["qc_garbled"] > 0
+    assert summary["qc_failures"]["qc_garbled"] == sum(bool(r["qc_garbled"]) for r in good)
+    assert summary["context_coverage"] == round(sum(v for k, v in summary["context_levels"].items()
+                                                    if k != "none") / len(good), 4)
+    # the captions page: every good record here (fewer than caption.page_rows), its image inline,
+    # its Wikipedia excerpt, format examples, prompt and caption, control characters made visible
+    page = (Path(dst) / "captions.html").read_text()
+    assert summary["captions_page"].endswith("captions.html")
+    assert page.count('<img src="data:image/jpeg;base64,') == len(good) and "broken" not in page
+    pigeon = page[page.index("columba_livia_npc91"):]
+    pigeon = pigeon[:pigeon.index('<div class="card">') if '<div class="card">' in pigeon else None]
+    assert "Wikipedia excerpt (species level)" in pigeon and "format examples (class level)" in pigeon
+    assert "the prompt as the engine saw it" in pigeon and "garbled" in page
+    assert not any(ch in page for ch in "\x00\x01\x07\ufffd")
     files = sorted(os.listdir(dst))
     again = caption(str(dataset), dst, cfg)
     assert again["this_run_images"] == 0 and sorted(os.listdir(dst)) == files
+    assert (Path(dst) / "captions.html").read_text() == page  # the same sample, the same page
+    # a run whose taxa miss the context table says so
+    strict = caption(str(dataset), dst, cfg_for("transformers", tmp_path, "caption.min_context_coverage=0.9"))
+    assert strict["warnings"] and "caption.min_context_coverage=90%" in strict["warnings"][0]
+    assert not again["warnings"]
 
 
 def test_the_published_captioners_family_captions_through_transformers(dataset, tmp_path):
@@ -188,8 +208,16 @@ def test_qc_retry_regenerates_failures_and_merge_writes_caption_txt(dataset, tmp
     assert all(r["attempt"] == 1 for r in good if not r["qc_pass"])
     assert all(r["attempt"] == 0 for r in good if r["qc_pass"] and r["attempt"] == 0)
 
-    # merge: a record that came with a caption keeps it when no new one exists (the corrupt image)
-    out = merge_captions(str(dataset), dst, str(tmp_path / "shards"), cfg)
+    # merge reads files of records (the ingest's output), here Parquet of 3 records each, unvalidated
+    # so that the corrupt image is among them; a folder must be ingested first
+    with pytest.raises(ValueError, match="ingest it into shards first"):
+        merge_captions(str(dataset), dst, str(tmp_path / "shards"), cfg)
+    src = str(tmp_path / "records")
+    small = cfg.data.model_copy(update={"samples_per_shard": 3})
+    writers.write_parquet(readers.read_records(str(dataset), small), src, small)
+    assert len(list((tmp_path / "records").glob("*.parquet"))) > 2
+    # a record that came with a caption keeps it when no new one exists (the corrupt image)
+    out = merge_captions(src, dst, str(tmp_path / "shards"), cfg)
     recs = {r["uid"]: r for r in readers.read_records(str(tmp_path / "shards"), cfg.data).take_all()}
     assert len(recs) == len(rows) and out["records"] == len(rows) and out["captions_available"] == len(good)
     by_uid = {r["uid"]: r for r in rows}

@@ -33,3 +33,16 @@ def test_copied_reference_text():
     copied = "Panthera leo has a muscular deep-chested body with a short rounded head."
     assert copied_fraction(copied, ref) > 0.5 and flags(copied, ref)["qc_copied"]
     assert not flags("Panthera leo with a dark mane and tufted tail.", ref)["qc_copied"]
+
+
+def test_garbled_output_is_its_own_flag_and_prints_safely():
+    from biocap_ray.caption.quality import garbled, printable
+
+    # what the tiny random-weight models write: control and replacement characters, subword soup
+    for text in ["\ufffdlogis photo photo\x0e\ufffd\x17\x17 t\ufffd", "\x01\ufffd\x01ciInIn",
+                 "Panthera leo ##ing 的 @@ 17 ?? ok", "Panthera leo\x07 with a mane."]:
+        f = flags(text)
+        assert f["qc_garbled"] and not f["qc_pass"], text
+    for text in ["Panthera leo (lion): tawny coat, dark mane; resting!", "Panthera leo with DNA-like stripes x2."]:
+        assert not garbled(text), text
+    assert printable("a\x07b\ufffdc\nd") == "a\u00b7b\u00b7c\nd"

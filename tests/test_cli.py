@@ -34,6 +34,13 @@ def test_missing_input_is_a_clear_error(tmp_path, capsys):
     assert "nothing-here: not found" in capsys.readouterr().err
 
 
+def test_the_pipeline_runs_on_the_sample_only_by_default_of_the_local_preset(tmp_path, capsys):
+    """A cluster job submitted without --input must not quietly train on the 97 sample photos."""
+    assert main(["pipeline", "--config", "cluster", "--output", str(tmp_path / "out")]) == 2
+    assert "--input is required with --config cluster" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_mlflow_credentials_follow_the_ray_token_and_need_one(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "auth_token"))

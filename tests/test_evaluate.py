@@ -241,3 +241,19 @@ def test_benchmark_layouts_with_filepath_and_a_class_column_give_as_is_classes(t
     (tmp_path / "bad.csv").write_text("image,kind\nx.jpg,cat\n")
     with pytest.raises(ValueError, match="bad.csv: missing column 'file'"):
         read_metadata(str(tmp_path / "bad.csv"))
+
+
+def test_the_retrieval_picture_draws_garbled_captions_without_missing_glyphs():
+    """A random-weight model writes control characters and stray scripts; the plot shows ``·``."""
+    import warnings
+
+    from PIL import Image
+
+    from biocap_ray.evaluate.report import plot_retrieval
+
+    garbled = "\ufffdlogis\x0e\x17 t\ufffd 的 \u048c beak"
+    example = {"image": Image.new("RGB", (16, 16)), "caption": garbled, "retrieved": [(garbled, True), ("ok", False)]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png = plot_retrieval([example])
+    assert png.startswith(b"\x89PNG") and not [w for w in caught if "Glyph" in str(w.message)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -462,8 +463,16 @@ def test_pipeline_job_runs_end_to_end_and_skips_what_exists(ray_head, tmp_path):
             "--set", "train.batch_size=2", "--set", "train.checkpoint_every=4", "--set", "evaluate.templates=photo"]
     code, out = submit(ray_head, *args, submission_id="pipeline-1")
     assert code == 0, out[-4000:]
-    summary = last_json(job_logs(ray_head, "pipeline-1"))
+    logs = job_logs(ray_head, "pipeline-1")
+    summary = last_json(logs)
     assert summary["records"] == 12 and summary["captions_written"] == 12 and summary["caption_errors"] == 0
+    # the log reads as lines: no progress bar redraws (carriage returns, tqdm's "|###   | 3/12 [..]")
+    assert "\r" not in logs and "\x1b[A" not in logs and not re.search(r"\d+%\|[^\n]*\| *\d+/", logs), logs[-3000:]
+    # the demo's Wikipedia file reaches prompts; the captions page sits beside the report and in MLflow
+    assert summary["context_coverage"] > 0 and "species" in summary["context_levels"]
+    assert "of captions had a Wikipedia excerpt" in logs and "captions.html" in summary["captions_page"]
+    report = Path(summary["report"])
+    assert "(captions.html)" in report.read_text() and (report.parent / "captions.html").exists()
     assert summary["train_steps"] > 0 and summary["train_loss"] > 0 and 0 <= summary["qc_pass_rate"] <= 1
     assert 0 <= summary["zero_shot_top1"] <= summary["zero_shot_top5"] <= 1
     assert list((out_dir / "captions").glob("part-*.parquet"))
@@ -472,8 +481,11 @@ def test_pipeline_job_runs_end_to_end_and_skips_what_exists(ray_head, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(summary["mlflow_tracking_uri"])
-    stages = {r.data.tags.get("stage") for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
-    assert {"train", "evaluate"} <= stages
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert {"train", "evaluate"} <= {r.data.tags.get("stage") for r in runs}
+    evaluation = next(r for r in runs if r.info.run_name == "evaluate")
+    assert "report/captions.html" in {a.path for a in mlflow.MlflowClient().list_artifacts(evaluation.info.run_id,
+                                                                                            "report")}
 
     shards = sorted(p.name for p in (out_dir / "shards").glob("*.tar"))
     code, out = submit(ray_head, *args, submission_id="pipeline-2")

@@ -1,7 +1,9 @@
 """Put captions into training shards as ``caption.txt`` (what BioCAP-style trainers read).
 
-A distributed join on uid (Ray Data's hash join): records and captions are partitioned by uid
-across the cluster, so no caption table is built on the driver or shipped to a task.
+Per file, so images never cross the network: a hash join on uid routes each caption to the file
+holding its record (records' keys, no image read), a group-by on that file gathers one file's
+captions, and the task that gets them reads the file and sets the captions. Only uids, paths and
+caption text are shuffled; no caption table is built on the driver or shipped to a task.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import pyarrow.compute as pc
 
 from biocap_ray import storage
 from biocap_ray.caption import outputs
-from biocap_ray.config import Config
+from biocap_ray.config import Config, DataConfig
 from biocap_ray.data import readers, writers
+from biocap_ray.data.schema import RECORD_SCHEMA
 
 NEW = "new_caption"
 
@@ -24,23 +27,25 @@ def _usable(batch: pa.Table, drop_failing: bool) -> pa.Table:
     return batch.filter(keep).select(["uid", "caption"]).rename_columns(["uid", NEW])
 
 
-def _prefer_new(batch: pa.Table) -> pa.Table:
-    """A record's new caption where it has one, else the caption it came with."""
-    merged = pc.coalesce(batch.column(NEW), batch.column("caption"))
-    batch = batch.set_column(batch.column_names.index("caption"), "caption", merged).drop_columns([NEW])
-    from biocap_ray.data.schema import RECORD_SCHEMA
-
-    return batch.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
+def _merge_file(captions: pa.Table, src: str, cfg: DataConfig) -> pa.Table:
+    """The records of the one file ``captions`` (its keys, each with its new caption or null) route
+    to, each with its new caption where it has one, else the caption it came with."""
+    records = readers.file_records(src, captions.column("path")[0].as_py(), cfg)
+    fresh = captions.filter(pc.is_valid(captions.column(NEW)))
+    new = pc.take(fresh.column(NEW), pc.index_in(records.column("uid"), value_set=fresh.column("uid")))
+    merged = pc.coalesce(new, records.column("caption"))
+    return records.set_column(records.column_names.index("caption"), "caption", merged).cast(RECORD_SCHEMA)
 
 
 def merge_captions(src: str, captions_uri: str, dst: str, cfg: Config, overwrite: bool = False) -> dict:
-    """Shards of ``src`` (any readable dataset) with each uid's caption; QC-failing captions are
-    left out when ``caption.qc_action`` is ``drop``. Records keep their old caption if none is new."""
+    """Shards of ``src`` (shards or Parquet files, the ingest's output) with each uid's caption;
+    QC-failing captions are left out when ``caption.qc_action`` is ``drop``. Records keep their old
+    caption if none is new."""
+    from ray.data import DataContext
     from ray.data.aggregate import Count
 
     d = cfg.data
     kw = {"batch_format": "pyarrow", "batch_size": d.batch_size, "num_cpus": d.num_cpus_per_task}
-    records = readers.read_records(src, d)
     captions = outputs.dataset(captions_uri, ["uid", "caption", "qc_pass", "error"], num_cpus=d.num_cpus_per_task)
     available = 0
     if captions is not None:
@@ -48,10 +53,15 @@ def merge_captions(src: str, captions_uri: str, dst: str, cfg: Config, overwrite
                                         batch_format="pyarrow", num_cpus=d.num_cpus_per_task)
         available = int(captions.aggregate(Count())["count()"])
     if available:
-        # about one output partition per input shard: each joins in memory on its own
-        partitions = max(2, len(storage.list_files(src, (".tar", ".parquet"))))
-        records = records.join(captions, join_type="left_outer", num_partitions=partitions, on=("uid",))
-        records = records.map_batches(_prefer_new, **kw)
+        # small rows: a partition per file up to Ray's default shuffle parallelism, not more
+        files = len(storage.list_files(src, (".tar", ".parquet")))
+        partitions = min(max(2, files), DataContext.get_current().default_hash_shuffle_parallelism)
+        keys = readers.bounded_shuffles(readers.file_keys(src, d))
+        routed = keys.join(captions, join_type="left_outer", num_partitions=partitions, on=("uid",))
+        records = routed.groupby("path", num_partitions=partitions).map_groups(
+            _merge_file, fn_kwargs={"src": src, "cfg": d}, batch_format="pyarrow", num_cpus=d.num_cpus_per_task)
+    else:
+        records = readers.read_records(src, d)
     good = records.map_batches(writers.split_errors, fn_kwargs={"errors_uri": storage.join(dst, writers.ERRORS_DIR)},
                                **kw)
     written = writers.write_webdataset(good, dst, d, overwrite=overwrite)

@@ -34,22 +34,19 @@ OUTPUT_SCHEMA = pa.schema(
 
 
 def write_part(rows: pa.Table, folder: str, prefix: str = "part") -> str:
-    """Write ``rows`` as one Parquet part named by a hash of its uids (a rewrite is idempotent).
-
-    Local parts are written to a temporary name and renamed; an S3 PUT is atomic already.
-    """
+    """Write ``rows`` as one Parquet part named by a hash of its uids (a rewrite is idempotent),
+    whole or not at all (:func:`biocap_ray.storage.write_bytes`)."""
     rows = rows.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
     digest = hashlib.sha1("\n".join(rows.column("uid").to_pylist()).encode()).hexdigest()[:20]
     uri = storage.join(folder, f"{prefix}-{digest}.parquet")
-    fs, path = storage.resolve(uri)
-    if storage.is_s3(uri):
-        pq.write_table(rows, path, filesystem=fs)
-    else:
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = path.rsplit("/", 1)[0] + "/_tmp-" + path.rsplit("/", 1)[1]
-        pq.write_table(rows, tmp, filesystem=fs)
-        fs.move(tmp, path)
+    storage.write_bytes(uri, parquet_bytes(rows))
     return uri
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    return buf.getvalue().to_pybytes()
 
 
 def part_uris(folder: str) -> list[str]:

@@ -1,7 +1,8 @@
 """Quality checks on every caption, recorded as boolean columns (``qc_*``) plus ``qc_pass``.
 
-Checks: empty, too long, refusal or chatter, repetition loops, the organism's name missing,
-another taxon's name present, and text copied from the Wikipedia reference excerpt.
+Checks: empty, too long, refusal or chatter, repetition loops, garbled text (control or
+replacement characters, or too few words), the organism's name missing, another taxon's name
+present, and text copied from the Wikipedia reference excerpt.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-QC_FLAGS = ("qc_empty", "qc_too_long", "qc_chatter", "qc_repetition", "qc_missing_name", "qc_other_taxon",
-            "qc_copied")
+QC_FLAGS = ("qc_empty", "qc_too_long", "qc_chatter", "qc_repetition", "qc_garbled", "qc_missing_name",
+            "qc_other_taxon", "qc_copied")
 
 _CHATTER = re.compile(
     r"^\s*(sure|certainly|here is|here's|caption\s*:|this (image|photo|picture) (shows|depicts|is)|"
@@ -20,6 +21,24 @@ _CHATTER = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
+# C0/C1 control characters other than tab and newline, and U+FFFD (bytes that were not UTF-8)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
+_PLAIN_WORD = re.compile(r"[(\"']*[A-Za-z][A-Za-z'\-]*[)\"',.;:!?]*")
+MIN_WORD_SHARE = 0.6
+
+
+def printable(text: str | None) -> str:
+    """``text`` with control and replacement characters shown as ``·`` (for reports and pages)."""
+    return _CONTROL.sub("\u00b7", text or "")
+
+
+def garbled(text: str) -> bool:
+    """Not prose: control or replacement characters, or under 60% of its tokens plain words
+    (what a broken or random-weight model emits: subword soup, symbols, other scripts)."""
+    if _CONTROL.search(text):
+        return True
+    tokens = text.split()
+    return bool(tokens) and sum(bool(_PLAIN_WORD.fullmatch(t)) for t in tokens) < MIN_WORD_SHARE * len(tokens)
 
 
 def words(text: str) -> list[str]:
@@ -95,6 +114,7 @@ def check(
         "qc_too_long": len(text.split()) > rules.max_words,
         "qc_chatter": bool(_CHATTER.search(text)),
         "qc_repetition": _repeats(tokens),
+        "qc_garbled": garbled(text),
         "qc_missing_name": bool(own) and not name_present,
         "qc_other_taxon": bool(others),
         "qc_copied": copied_fraction(text, reference) > rules.copy_threshold,

@@ -10,6 +10,7 @@ Stages (each a Ray Data operator, streaming):
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from biocap_ray import storage
-from biocap_ray.caption import outputs
+from biocap_ray.caption import outputs, page
 from biocap_ray.caption.engine import engine_class
 from biocap_ray.caption.families import family_of
 from biocap_ray.caption.prepare import CaptionSetup, error_row, prepare_batch
@@ -69,12 +70,15 @@ def build_setup(cfg: Config) -> CaptionSetup:
     )
 
 
-def _prepare_udf(batch: pa.Table, setup: CaptionSetup, folder: str) -> dict:
-    """Prepare a batch; its unusable records are written straight away as error rows."""
+def _prepare_udf(batch: pa.Table, setup: CaptionSetup, folder: str, page_rate: float) -> dict:
+    """Prepare a batch; its unusable records are written straight away as error rows, and its
+    records sampled for the captions page are kept with what went into their prompts."""
     result = prepare_batch(batch, setup)
     if result["errors"]:
         rows = [error_row(e["uid"], e["error"], setup) for e in result["errors"]]
         outputs.write_part(pa.Table.from_pylist(rows, schema=outputs.OUTPUT_SCHEMA), folder, prefix="part-err")
+    if page_rate:
+        page.keep_samples(batch, result["prepared"], setup, folder, page_rate)
     return result["prepared"]
 
 
@@ -82,7 +86,34 @@ def _write_udf(batch: pa.Table, folder: str) -> pa.Table:
     """Write one complete part of caption rows (a Ray task); only its counts go back to the driver."""
     outputs.write_part(batch, folder)
     tokens = pc.sum(batch.column("output_tokens")).as_py() or 0
-    return pa.table({"rows": [batch.num_rows], "output_tokens": [tokens]})
+    texted = pc.and_(pc.is_valid(batch.column("context_level")), pc.is_null(batch.column("error")))
+    return pa.table({"rows": [batch.num_rows], "output_tokens": [tokens],
+                     "with_context": [pc.sum(pc.cast(texted, pa.int64())).as_py() or 0]})
+
+
+EARLY_ROWS = 1000  # captions after which a low context coverage is reported, long before the end
+
+
+class _Coverage:
+    """Share of captions whose prompt had a Wikipedia excerpt; warns once, early, when it is low
+    (a wrong taxon join captions millions of images without guidance otherwise)."""
+
+    def __init__(self, minimum: float):
+        self.minimum, self.rows, self.texted, self.warned = minimum, 0, 0, False
+
+    def update(self, rows: int, texted: int, final: bool = False) -> str | None:
+        self.rows, self.texted = self.rows + rows, self.texted + texted
+        if self.warned or not self.rows or (self.rows < EARLY_ROWS and not final):
+            return None
+        share = self.texted / self.rows
+        if share >= self.minimum:
+            return None
+        self.warned = True
+        message = (f"only {share:.1%} of {self.rows:,} captions had a Wikipedia excerpt in their prompt (below "
+                   f"caption.min_context_coverage={self.minimum:.0%}): check caption.context_uri and that the "
+                   f"dataset's taxon columns (genus, species, scientific_name) match the context table's names")
+        log.warning("caption: %s", message)
+        return message
 
 
 def _engine_stage(prepared, cfg: Config, setup: CaptionSetup):
@@ -106,13 +137,16 @@ def _engine_stage(prepared, cfg: Config, setup: CaptionSetup):
 
 
 class _Progress:
-    """Live images/s, tokens/s and ETA (a tqdm bar on a terminal, log lines in job logs)."""
+    """Live images/s, tokens/s and ETA: a tqdm bar on a terminal; elsewhere (``ray job logs``,
+    files) one log line every ``every_s`` seconds, since a bar's redraws are garbage there."""
 
-    def __init__(self, total: int | None, label: str):
+    def __init__(self, total: int | None, label: str, every_s: float = 10.0):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="img", desc=label, mininterval=2.0)
+        self.total, self.label, self.every_s = total, label, every_s
+        self.bar = tqdm(total=total, unit="img", desc=label, mininterval=2.0) if sys.stderr.isatty() else None
         self.start, self.images, self.tokens = time.perf_counter(), 0, 0
+        self.next_line = self.start + every_s
         self.first_at = self.last_at = None  # steady state: from the first written part to the last
         self.after_first = 0
 
@@ -126,12 +160,30 @@ class _Progress:
         self.images += images
         self.tokens += tokens
         elapsed = max(now - self.start, 1e-9)
-        self.bar.set_postfix(img_s=f"{self.images / elapsed:.2f}", tok_s=f"{self.tokens / elapsed:.1f}")
-        self.bar.update(images)
+        if self.bar is not None:
+            self.bar.set_postfix(img_s=f"{self.images / elapsed:.2f}", tok_s=f"{self.tokens / elapsed:.1f}")
+            self.bar.update(images)
+        elif now >= self.next_line:
+            self.next_line = now + self.every_s
+            log.info("%s", self.line(elapsed))
+
+    def line(self, elapsed: float) -> str:
+        rate = self.images / elapsed
+        done = f"{self.images:,}" + (f"/{self.total:,} images ({self.images / self.total:.0%})" if self.total
+                                     else " images")
+        eta = ""
+        if self.total and rate > 0:
+            left = int((self.total - self.images) / rate)
+            eta = f", ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
+        return f"{self.label}: {done}, {rate:.2f} img/s, {self.tokens / elapsed:.1f} tok/s{eta}"
 
     def close(self) -> float:
-        self.bar.close()
-        return time.perf_counter() - self.start
+        seconds = time.perf_counter() - self.start
+        if self.bar is not None:
+            self.bar.close()
+        elif self.images:
+            log.info("%s (done)", self.line(seconds))
+        return seconds
 
     def steady_rate(self) -> float | None:
         """Images/s once the engine is producing (engine start-up excluded)."""
@@ -218,19 +270,31 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
     ds = readers.read_records(src, cfg.data, fmt)
     if done is not None:
         ds = ds.map_batches(uid_set.drop_members, fn_kwargs={"uid_set": [done]}, **kw)
-    prepared = ds.map_batches(_prepare_udf, fn_kwargs={"setup": setup, "folder": dst}, **kw)
+    expected = todo if todo is not None else len(readers.units(src, cfg.data, fmt)[0]) * cfg.data.samples_per_shard
+    page_rate = page.sample_rate(c.page_rows, expected)
+    prepared = ds.map_batches(_prepare_udf, fn_kwargs={"setup": setup, "folder": dst, "page_rate": page_rate}, **kw)
     written = _engine_stage(prepared, cfg, setup).map_batches(
         _write_udf, fn_kwargs={"folder": dst}, batch_format="pyarrow", batch_size=c.rows_per_file,
         num_cpus=c.num_cpus_per_task)
-    progress = _Progress(todo, "caption")
+    progress, coverage = _Progress(todo, "caption"), _Coverage(c.min_context_coverage)
     images = 0
     if todo != 0:
         for counts in written.iter_batches(batch_format="pyarrow", batch_size=None):
-            for n, tokens in zip(counts.column("rows").to_pylist(), counts.column("output_tokens").to_pylist()):
+            for n, tokens, texted in zip(*(counts.column(k).to_pylist() for k in ("rows", "output_tokens",
+                                                                                   "with_context"))):
                 progress.update(n, tokens)
+                coverage.update(n, texted)
                 images += n
     seconds, steady = progress.close(), progress.steady_rate()
     summary = summarize(dst)
+    texted = sum(v for k, v in summary["context_levels"].items() if k != "none")
+    summary["context_coverage"] = round(texted / summary["captioned"], 4) if summary["captioned"] else None
+    late = _Coverage(c.min_context_coverage).update(summary["captioned"], texted, final=True)
+    summary["warnings"] = [late] if late else []
+    summary["captions_page"] = None
+    written_page = page.write_page(dst, c.page_rows, summary)
+    if written_page:
+        summary["captions_page"] = storage.redact(written_page)
     engines = c.concurrency if isinstance(c.concurrency, int) else c.concurrency[1]
     gpus = engines * c.num_gpus_per_engine * c.tensor_parallel_size
     rate = images / seconds if seconds and images else 0.0

@@ -42,6 +42,8 @@ def engine_kwargs(cfg: CaptionConfig, setup: CaptionSetup) -> dict:
         # one seed per engine (vLLM's CPU backend fails on per-request seeds); a QC retry draws
         # a new sample from the engine's advanced random state
         "seed": setup.seed,
+        # an engine actor has no terminal: a weight-loading bar would reach the job log as redraws
+        "use_tqdm_on_load": False,
     }
     if cfg.quantization:
         kwargs["quantization"] = cfg.quantization

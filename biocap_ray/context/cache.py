@@ -1,17 +1,15 @@
 """An on-disk cache of API responses, keyed by the full request, local or s3://.
 
 One JSON file per request (``<hash[:2]>/<hash>.json``), so concurrent tasks never write the
-same file for different requests and a rerun, or a resumed run, fetches nothing twice. Local
-files are written to a hidden temporary name and renamed, so an interrupted write leaves no
-half file behind; S3 objects appear only when complete. A file that does not parse is a miss.
+same file for different requests and a rerun, or a resumed run, fetches nothing twice. Files are
+written whole (:func:`biocap_ray.storage.write_bytes`), so an interrupted write leaves no half
+file behind. A file that does not parse is a miss.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 
 import pyarrow.fs as pafs
 
@@ -54,15 +52,6 @@ class ResponseCache:
         return entry.get("response")
 
     def put(self, url: str, response: dict) -> None:
-        fs, path = self._paths(url)
+        key = request_key(url)
         data = json.dumps({"url": url, "response": response}, ensure_ascii=False).encode()
-        if storage.is_s3(self.uri):
-            with fs.open_output_stream(path) as f:
-                f.write(data)
-            return
-        folder = path.rsplit("/", 1)[0]
-        fs.create_dir(folder, recursive=True)
-        tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        os.replace(tmp, path)
+        storage.write_bytes(storage.join(self.uri, key[:2], f"{key}.json"), data)

@@ -16,9 +16,10 @@ import pyarrow as pa
 
 from biocap_ray.context.examples import FormatExamples
 from biocap_ray.context.table import read_context
-from biocap_ray.context.taxa import LINEAGE, clean_name
+from biocap_ray.context.taxa import HIGHER_RANKS, LINEAGE, clean_name
 from biocap_ray.data.taxonomy import RANKS
 
+TEXT_LEVELS: tuple[str, ...] = ("species", "genus", *HIGHER_RANKS)  # most specific first
 CONTEXT_COLUMNS: tuple[str, ...] = (
     "context_text", "context_level", "context_url", "examples", "examples_level", "context_hash"
 )
@@ -28,8 +29,8 @@ CONTEXT_COLUMNS: tuple[str, ...] = (
 class SpeciesContext:
     """What the caption prompt needs for one record, and where it came from."""
 
-    text: str | None  # Wikipedia visual excerpt, None when neither species nor genus has one
-    text_level: str | None  # "species", "genus" or None
+    text: str | None  # Wikipedia visual excerpt of the most specific taxon that has one
+    text_level: str | None  # "species", "genus", "family", "order", "class" or None
     title: str | None  # Wikipedia page title (attribution)
     url: str | None
     examples: tuple[str, ...]  # caption format examples
@@ -66,13 +67,14 @@ def _lineage_fits(entry: Mapping, record_lineage: Mapping) -> int | None:
 
 
 class ContextLookup:
-    """record (dict with ranks) → :class:`SpeciesContext`, species text first, then genus text."""
+    """record (dict with ranks) → :class:`SpeciesContext`: the species' text, else the genus',
+    else the family's, order's or class's (a photo labelled only that far gets that text)."""
 
     def __init__(self, entries: Iterable[Mapping], examples: FormatExamples | None = None) -> None:
         self.examples = examples if examples is not None else FormatExamples.load()
         self.by_name: dict[tuple[str, str], list[dict]] = {}
         for entry in entries:
-            if not entry.get("text") or not entry.get("name") or entry.get("rank") not in ("species", "genus"):
+            if not entry.get("text") or not entry.get("name") or entry.get("rank") not in TEXT_LEVELS:
                 continue
             kept = {k: entry.get(k) for k in (*LINEAGE, "text", "page_title", "url")}
             self.by_name.setdefault((entry["rank"], entry["name"].lower()), []).append(kept)
@@ -141,9 +143,12 @@ class ContextLookup:
             if sci and " " in sci:
                 binomial = sci
             genus_name = genus_name or (sci.split()[0] if sci else None)
-        entry, level = self._text("species", binomial, lineage), "species"
-        if entry is None:
-            entry, level = self._text("genus", genus_name, lineage), "genus"
+        names = {"species": binomial, "genus": genus_name, **{r: lineage.get(r) for r in HIGHER_RANKS}}
+        entry, level = None, None
+        for level in TEXT_LEVELS:
+            entry = self._text(level, names[level], lineage)
+            if entry is not None:
+                break
         examples, ex_level, ex_from = self.examples.for_taxon(
             lineage.get("kingdom"), lineage.get("phylum"), lineage.get("class")
         )

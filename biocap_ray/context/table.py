@@ -1,14 +1,13 @@
 """The per-taxon context table: one row per (rank, name, lineage), written as Parquet parts.
 
 Both ``context wikipedia`` and ``context import`` produce it; :mod:`.lookup` reads it. Parts
-are written whole under a hidden name and renamed (S3 objects appear only when complete), so
-an interrupted run leaves only complete parts and a rerun skips the keys they hold.
+are written whole (:func:`biocap_ray.storage.write_bytes`), so an interrupted run leaves only
+complete parts and a rerun skips the keys they hold.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import time
 import uuid
 
@@ -69,20 +68,11 @@ def new_run_id() -> str:
 
 
 def write_part(dst: str, rows: list[dict], run_id: str, seq: int) -> str:
-    """Write ``rows`` as ``<dst>/part-<run>-<seq>.parquet`` atomically; returns its URI."""
+    """Write ``rows`` as ``<dst>/part-<run>-<seq>.parquet``, whole or not at all; returns its URI."""
     uri = storage.join(dst, f"part-{run_id}-{seq:05d}.parquet")
     buffer = io.BytesIO()
     pq.write_table(to_table(rows), buffer)
-    if storage.is_s3(dst):
-        storage.write_bytes(uri, buffer.getvalue())
-        return uri
-    fs, path = storage.resolve(uri)
-    folder = path.rsplit("/", 1)[0]
-    fs.create_dir(folder, recursive=True)
-    tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
+    storage.write_bytes(uri, buffer.getvalue())
     return uri
 
 

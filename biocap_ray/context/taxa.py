@@ -16,6 +16,7 @@ from biocap_ray.data.taxonomy import RANKS
 
 LINEAGE: tuple[str, ...] = RANKS[:-2]  # kingdom … family: what tells homonyms apart
 QUERY_FIELDS: tuple[str, ...] = ("key", "rank", "name", *RANKS, "scientific_name", "common_name")
+HIGHER_RANKS: tuple[str, ...] = ("family", "order", "class")  # texts for photos labelled only that far
 
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
 _SKIP = frozenset({"cf", "cf.", "aff", "aff.", "x", "×", "nr", "nr.", "?", "s.l.", "s.s.", "s.str."})
@@ -84,13 +85,16 @@ def taxon_query(row: Mapping, problems: Counter | None = None) -> dict | None:
     """The query for one taxon row (ranks, ``scientific_name``, ``common_name``), or None.
 
     Species rows give a ``species`` query for the binomial, rows labelled to genus a ``genus``
-    query; rows with neither are counted as ``no_genus`` and give None.
+    query, rows whose ``rank`` says family, order or class a query at that rank; other rows are
+    counted as ``no_genus`` and give None.
     """
     problems = problems if problems is not None else Counter()
     lineage = {r: _rank_value(row.get(r)) for r in LINEAGE}
     for r in LINEAGE:
         if row.get(r) not in (None, "") and lineage[r] is None:
             problems["odd_rank_value"] += 1
+    if row.get("rank") in HIGHER_RANKS:
+        return _higher_query(row, lineage, problems)
     raw_sci = _plain(row.get("scientific_name"))
     sci = clean_name(raw_sci)
     if raw_sci and sci is None:
@@ -138,6 +142,17 @@ def taxon_query(row: Mapping, problems: Counter | None = None) -> dict | None:
         "common_name": _plain(row.get("common_name")),
     }
     return query
+
+
+def _higher_query(row: Mapping, lineage: dict, problems: Counter) -> dict | None:
+    """A text about a family, order or class (``rank`` given), for photos labelled only that far."""
+    rank, name = row["rank"], _rank_value(row.get("scientific_name"))
+    if name is None:
+        problems["bad_name"] += 1
+        return None
+    lineage = {**lineage, rank: name}
+    return {"key": query_key(rank, name, lineage), "rank": rank, "name": name, **lineage, "genus": None,
+            "species": None, "scientific_name": name, "common_name": _plain(row.get("common_name"))}
 
 
 def genus_query(query: Mapping) -> dict:

@@ -118,6 +118,43 @@ def count_records(uri: str, fmt: str | None = None) -> int | None:
     return None
 
 
+def file_keys(uri: str, cfg: DataConfig):
+    """``uid`` and ``path`` (the file holding it) of every record in shards or Parquet files,
+    read without touching an image: what a per-file merge needs to route a caption."""
+    import ray
+
+    fmt = detect_format(uri)
+    fs, _ = storage.resolve(uri)
+    if fmt == "webdataset":
+        from biocap_ray.data.shard_reader import ShardSource
+
+        source = ShardSource(_shard_paths(uri), cfg.max_image_bytes, keys_only=True, filesystem=fs)
+        keys = ray.data.read_datasource(source, num_cpus=cfg.num_cpus_per_task)
+        return keys.map_batches(_keys_as_uids, **_task_kwargs(cfg))
+    if fmt == "parquet":
+        return ray.data.read_parquet(_parquet_paths(uri), filesystem=fs, columns=["uid"], include_paths=True,
+                                     num_cpus=cfg.num_cpus_per_task)
+    raise ValueError(f"{storage.redact(uri)}: a {fmt} dataset has no files of records; ingest it into shards first")
+
+
+def _keys_as_uids(batch: pa.Table) -> pa.Table:
+    uids = pc.utf8_trim_whitespace(batch.column("__key__"))
+    return pa.table({"uid": uids, "path": batch.column("path")})
+
+
+def file_records(uri: str, path: str, cfg: DataConfig) -> pa.Table:
+    """The records of one shard or Parquet file of ``uri`` (``path`` as :func:`file_keys` names it)."""
+    fs, _ = storage.resolve(uri)
+    if path.endswith(".tar"):
+        from biocap_ray.data.shard_reader import samples
+
+        with fs.open_input_stream(path) as stream:
+            return schema.to_table([shard_sample_to_record(s) for s in samples(stream, path, cfg.max_image_bytes)])
+    table = pq.read_table(path, filesystem=fs)
+    table = table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
+    return _parquet_batch_to_records(table, cfg.max_image_bytes)
+
+
 # --- WebDataset shards -------------------------------------------------------------------------
 
 

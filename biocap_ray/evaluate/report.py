@@ -118,7 +118,10 @@ def _short(text: str, n: int = 40) -> str:
 
 
 def _wrap(text: str) -> str:
-    return textwrap.shorten(text, 160).replace("\n", " ")
+    """Caption text as the plot's font can draw it: what a broken model writes (control characters,
+    anything beyond the Latin alphabets) becomes ``·`` instead of missing-glyph warnings."""
+    drawable = "".join(ch if ch.isprintable() and ord(ch) < 0x0250 else "\u00b7" for ch in text.replace("\n", " "))
+    return textwrap.shorten(drawable, 160)
 
 
 def subplots(*args, **kwargs):

@@ -81,9 +81,12 @@ def score(rows: dict[str, np.ndarray], classes: ClassSet, rank: str, text_type: 
     return result
 
 
-def evaluate(src: str, out: str, cfg: Config, models: list[str], held_out: bool = False) -> dict:
+def evaluate(src: str, out: str, cfg: Config, models: list[str], held_out: bool = False,
+             captions_page: str | None = None) -> dict:
     """Evaluate every model spec (see :mod:`biocap_ray.evaluate.checkpoints`) on ``src``
-    (``held_out``: only the uids that ``train.val_fraction`` kept out of training)."""
+    (``held_out``: only the uids that ``train.val_fraction`` kept out of training). A captions
+    page (the caption stage's ``captions.html``), when it exists, goes beside the report, linked
+    from it and logged to MLflow with it."""
     split = cfg.train.val_fraction if held_out else None
     if held_out and not split:
         raise ValueError("held-out evaluation needs train.val_fraction > 0 (the fraction training held out)")
@@ -109,7 +112,11 @@ def evaluate(src: str, out: str, cfg: Config, models: list[str], held_out: bool 
              "class names": e.text_type, "rank": e.rank, "templates": e.templates,
              "retrieval": "paper: label projector, 'a photo of ' + caption (as the published tables);"
                           " caption_projector: caption projector, the caption as written"}
-    files = write_outputs(out, results, setup, errors, examples)
+    attached = {}
+    if captions_page and storage.exists(captions_page):
+        attached["captions.html"] = storage.read_bytes(captions_page)
+        setup["captions"] = "[captions.html](captions.html): sampled captions beside their images and prompts"
+    files = write_outputs(out, results, setup, errors, examples, attached)
     tracking_uri = e.mlflow_tracking_uri or default_tracking_uri(out)
     log_to_mlflow(tracking_uri, e.experiment, cfg, results, files)
     return {"models": {n: report.flat_metrics(r) for n, r in results.items()},
@@ -137,9 +144,10 @@ def retrieval_examples(src: str, cfg: Config, rows: dict[str, np.ndarray]) -> li
     return examples
 
 
-def write_outputs(out: str, results: dict, setup: dict, errors: dict, examples: list[dict]) -> dict[str, bytes]:
+def write_outputs(out: str, results: dict, setup: dict, errors: dict, examples: list[dict],
+                  attached: dict[str, bytes] | None = None) -> dict[str, bytes]:
     pictures: dict[str, str] = {}
-    files: dict[str, bytes] = {}
+    files: dict[str, bytes] = dict(attached or {})
     if any(r.get("zero_shot") for r in results.values()):
         files["accuracy_by_rank.png"] = report.plot_ranks(results)
         pictures["Accuracy at every rank"] = "accuracy_by_rank.png"

@@ -61,6 +61,9 @@ def train(src: str, out: str, cfg: Config, run_name: str = "biocap", *, parent_r
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
+    from biocap_ray.runtime import progress_as_log_lines
+
+    progress_as_log_lines()  # also in a sweep's trial actor, which started its own Ray Data context
     # workers write exports and read data from their own working directories: no relative paths
     src, out = storage.absolute(src), storage.absolute(out)
     if cfg.train.val_data:

@@ -91,6 +91,28 @@ def test_import_real_descriptions(tmp_path):
     assert import_context(src, dst, load_config("local"))["skipped_done"] == summary["taxa"]
 
 
+def test_the_sample_taxa_file_gives_most_texted_photos_a_text_at_their_own_rank(tmp_path):
+    """The shipped sample-taxa extracts join the sample photos at the rank each is labelled to."""
+    import csv
+
+    root = Path(__file__).resolve().parents[2] / "sample_data"
+    dst = str(tmp_path / "imported")
+    summary = import_context(str(root / "context" / "wikipedia_sample_taxa.jsonl"), dst, load_config("local"))
+    assert summary["taxa"] == 52 and summary["problems"] == {}
+    ranks = {r["name"]: r["rank"] for r in read_context(dst).to_pylist()}
+    assert ranks["Odonata"] == "order" and ranks["Laridae"] == "family" and ranks["Chilopoda"] == "class"
+    lookup = ContextLookup.load(dst)
+    photos = {r["file"]: r for r in csv.DictReader((root / "species-sample" / "metadata.csv").open())}
+    levels = {f: lookup.lookup(r).text_level for f, r in photos.items()}
+    assert levels["images/odonata_npc166.jpg"] == "order" and levels["images/chilopoda_npc160.jpg"] == "class"
+    assert levels["images/accipitridae_npc93.jpg"] is None  # no Accipitridae text: no context
+    assert levels["images/laridae_npc99.jpg"] is None  # its text says nothing about looks
+    mole = lookup.lookup(photos["images/talpidae_npc53.jpg"])
+    assert mole.text_level == "family" and mole.url.endswith("/Mole_(animal)") and "fur" in mole.text.lower()
+    counts = {level: sum(v == level for v in levels.values()) for level in set(levels.values())}
+    assert counts["species"] >= 30 and sum(n for lv, n in counts.items() if lv) >= 40
+
+
 def test_import_counts_bad_lines(tmp_path):
     src = tmp_path / "desc.jsonl"
     src.write_bytes(b'{"scientific_name": "Aix galericulata (Linnaeus, 1758)", "text": "It has a red bill."}\n'
