@@ -31,11 +31,11 @@ _SIZE = (
 _SHAPE = (
     "round rounded oval ovate elongate elongated conical cylindrical flattened flat pointed tapering "
     "tapered curved hooked forked lobed globular spherical triangular heart-shaped shaped shape "
-    "compact robust stocky plump streamlined spiral coiled serrated toothed"
+    "compact robust stocky plump streamlined spiral coiled serrated toothed compressed depressed"
 )
 _TEXTURE = (
     "smooth rough hairy hairless furry woolly wooly velvety scaly spiny spiky shiny waxy warty bristly "
-    "feathery leathery downy fluffy shaggy coarse fine soft sticky slimy ridged wrinkled granular"
+    "feathery leathery downy fluffy shaggy coarse fine soft sticky slimy ridged wrinkled granular fleshy"
 )
 _STRUCTURES = (
     "plumage feather feathers fur coat pelage mane hair hairs skin scales scale shell carapace plastron "
@@ -47,6 +47,7 @@ _STRUCTURES = (
     "petal petals sepal sepals flower flowers bloom blossom inflorescence leaf leaves leaflet leaflets "
     "stem stems stalk bark trunk branch branches cap gills stipe ring frond fronds cone cones catkin "
     "catkins spine spines thorn thorns tentacle tentacles arm arms shell whorl tubercle tubercles "
+    "hump humps humped mouth mouths lure esca barbel barbels "
     "thallus lobe lobes mandible mandibles proboscis elytra tarsi tarsus iris pupil plume plumes "
     "whiskers stripes sexes male males female females juvenile juveniles adult adults dimorphic "
     "dimorphism breeding"

@@ -109,8 +109,10 @@ def test_the_sample_taxa_file_gives_most_texted_photos_a_text_at_their_own_rank(
     assert levels["images/laridae_npc99.jpg"] is None  # its text says nothing about looks
     mole = lookup.lookup(photos["images/talpidae_npc53.jpg"])
     assert mole.text_level == "family" and mole.url.endswith("/Mole_(animal)") and "fur" in mole.text.lower()
+    camel = lookup.lookup(photos["images/camelus_bactrianus_npc16.jpg"])
+    assert camel.text_level == "species" and "two humps" in camel.text
     counts = {level: sum(v == level for v in levels.values()) for level in set(levels.values())}
-    assert counts["species"] >= 30 and sum(n for lv, n in counts.items() if lv) >= 40
+    assert counts["species"] == 31 and sum(n for lv, n in counts.items() if lv) == 42
 
 
 def test_import_counts_bad_lines(tmp_path):
