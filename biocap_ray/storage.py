@@ -116,6 +116,16 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
+def parquet_bytes(table) -> bytes:
+    """``table`` as the bytes of one Parquet file (for :func:`write_bytes`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    return buf.getvalue().to_pybytes()
+
+
 def redact(text: str) -> str:
     """Remove credentials (from the environment or embedded in URIs) from a message."""
     text = re.sub(r"(://)[^/@\s]+:[^/@\s]+@", r"\1***@", text)

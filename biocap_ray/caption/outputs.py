@@ -39,14 +39,8 @@ def write_part(rows: pa.Table, folder: str, prefix: str = "part") -> str:
     rows = rows.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA)
     digest = hashlib.sha1("\n".join(rows.column("uid").to_pylist()).encode()).hexdigest()[:20]
     uri = storage.join(folder, f"{prefix}-{digest}.parquet")
-    storage.write_bytes(uri, parquet_bytes(rows))
+    storage.write_bytes(uri, storage.parquet_bytes(rows))
     return uri
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    return buf.getvalue().to_pybytes()
 
 
 def part_uris(folder: str) -> list[str]:

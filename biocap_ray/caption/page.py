@@ -77,7 +77,7 @@ def keep_samples(records: pa.Table, prepared: dict, setup, folder: str, rate: fl
         })
     table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     digest = hashlib.sha1("\n".join(sorted(wanted)).encode()).hexdigest()[:20]
-    storage.write_bytes(storage.join(folder, PAGE_DIR, f"sample-{digest}.parquet"), outputs.parquet_bytes(table))
+    storage.write_bytes(storage.join(folder, PAGE_DIR, f"sample-{digest}.parquet"), storage.parquet_bytes(table))
 
 
 def _samples(folder: str, rows: int) -> pa.Table | None:

@@ -7,7 +7,6 @@ complete parts and a rerun skips the keys they hold.
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 
@@ -70,9 +69,7 @@ def new_run_id() -> str:
 def write_part(dst: str, rows: list[dict], run_id: str, seq: int) -> str:
     """Write ``rows`` as ``<dst>/part-<run>-<seq>.parquet``, whole or not at all; returns its URI."""
     uri = storage.join(dst, f"part-{run_id}-{seq:05d}.parquet")
-    buffer = io.BytesIO()
-    pq.write_table(to_table(rows), buffer)
-    storage.write_bytes(uri, buffer.getvalue())
+    storage.write_bytes(uri, storage.parquet_bytes(to_table(rows)))
     return uri
 
 
