@@ -13,6 +13,7 @@ demo: $(STAMP)
 	$(VENV)/bin/python jobs/pipeline.py --config local --output outputs/demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
 .PHONY: install demo test

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from biocap_ray.caption.engine import engine_class
 from biocap_ray.caption.prepare import prepare_batch
-from biocap_ray.caption.run import build_setup, caption
+from biocap_ray.caption.run import build_setup, caption, engine_class
 from biocap_ray.config import load_config
 from biocap_ray.data import readers
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from biocap_ray.caption.tiny_model import build_tiny_qwen2_vl
+from biocap_ray.models.tiny_qwen2_vl import build_tiny_qwen2_vl
 
 QWEN2_VL_2B_TEXT = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
                     "num_attention_heads": 12, "num_key_value_heads": 2, "max_window_layers": 28,

@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic import PER_SHARD, generate
 
 from biocap_ray.config import load_config
 from biocap_ray.data.images import load_rgb
 from biocap_ray.data.readers import read_records
-from synthetic import PER_SHARD, generate
+
+SIZE = 224  # the side images are decoded and resized to, as for a ViT-B-16
 
 
 def _tree_pss_mb(root: int) -> float:
@@ -76,7 +78,7 @@ def _decode_batch(batch: dict, size: int, max_pixels: int) -> dict:
 def ray_pipeline(folder: Path, cfg) -> tuple[int, float, float]:
     ds = read_records(str(folder), cfg, "webdataset").select_columns(["uid", "image"])
     ds = ds.map_batches(
-        _decode_batch, fn_kwargs={"size": cfg.image_size, "max_pixels": cfg.max_image_pixels},
+        _decode_batch, fn_kwargs={"size": SIZE, "max_pixels": cfg.max_image_pixels},
         batch_size=cfg.batch_size, num_cpus=cfg.num_cpus_per_task, batch_format="numpy",
     )
     n = 0
@@ -127,7 +129,7 @@ def main() -> None:
     n, t, peak = ray_pipeline(shards[0].parent, cfg.data)
     rows.append(("ray data", n, t, cores, peak))
     ray.shutdown()
-    n, t, peak = plain_loop(shards, cfg.data.image_size, cfg.data.max_image_pixels)
+    n, t, peak = plain_loop(shards, SIZE, cfg.data.max_image_pixels)
     rows.append(("plain PIL loop", n, t, 1, peak))
 
     print(f"\n{'pipeline':<16}{'images':>8}{'seconds':>9}{'img/s':>8}{'cores':>6}{'img/s/core':>11}{'peak MB':>9}")

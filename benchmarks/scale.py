@@ -195,7 +195,7 @@ def run_one(n: int, work: Path) -> dict:
 
             rows = 0
             for batch in ray.train.get_dataset_shard("train").iter_batches(
-                    batch_format="numpy", **batch_options(cfg, rank=0, start_step=0)):
+                    batch_format="numpy", **batch_options(cfg.train, rank=0, start_step=0)):
                 rows += len(batch["has_caption"])
             with tempfile.TemporaryDirectory() as d:  # a Ray Train result keeps metrics sent with a checkpoint
                 ray.train.report({"rows": rows}, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import mlflow
 import torch
+from synthetic import generate
 
 from biocap_ray.config import load_config
+from biocap_ray.models.clip import build_model
 from biocap_ray.train.ingest import training_rows
 from biocap_ray.train.loop import compute_loss, cosine_with_warmup, param_groups
-from biocap_ray.train.model import build_model
-
-from synthetic import generate
 
 MODEL = "biocap-small"
 
@@ -39,7 +38,7 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
     torch.set_num_threads(threads)
     t = cfg.train
     torch.manual_seed(t.seed)
-    model, _, _, _ = build_model(t.model, None, t.dual_projector, False)
+    model, _ = build_model(t.model, None, t.dual_projector, False)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(t.warmup_steps, steps))

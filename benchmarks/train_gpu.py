@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     if args.model not in open_clip.list_models():  # one of the project's configs (needs the package)
-        from biocap_ray.train.model import register_model_configs
+        from biocap_ray.models.clip import register_model_configs
 
         register_model_configs()
     name = torch.cuda.get_device_name() if args.device == "cuda" else args.device

@@ -57,7 +57,7 @@ def _cmd_inspect(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_context_wikipedia(args: argparse.Namespace, cfg: Config) -> int:
-    from biocap_ray.context.build import build_wikipedia_context
+    from biocap_ray.context.fetch import build_wikipedia_context
     from biocap_ray.runtime import init_ray
 
     init_ray(cfg.ray)
@@ -68,14 +68,14 @@ def _cmd_context_wikipedia(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_context_import(args: argparse.Namespace, cfg: Config) -> int:
-    from biocap_ray.context.build import import_context
+    from biocap_ray.context.offline import import_context
 
     summary = import_context(args.src, args.dst, cfg, overwrite=args.overwrite)
     return _summary(summary)
 
 
 def _cmd_context_examples(args: argparse.Namespace, cfg: Config) -> int:
-    from biocap_ray.context.build import examples_report
+    from biocap_ray.context.examples import examples_report
     from biocap_ray.runtime import init_ray
 
     if args.src and not args.src.lower().endswith((".csv", ".tsv")):

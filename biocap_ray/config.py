@@ -33,7 +33,6 @@ class RayConfig(_Strict):
 class DataConfig(_Strict):
     """Reading, validating and writing organism image records."""
 
-    image_size: int = Field(default=224, ge=8, description="side of decoded/resized images")
     max_image_pixels: int = Field(
         default=89_478_485, ge=1, description="larger images are rejected as decompression bombs"
     )
@@ -106,7 +105,8 @@ class CaptionConfig(_Strict):
     max_words: int = Field(default=20, ge=1)
     image_size: int = Field(default=448, ge=28, description="longest side of images given to the engine")
     batch_size: int = Field(default=32, ge=1, description="images per engine call")
-    concurrency: int | tuple[int, int] = Field(default=1, description="engine actors, or (min, max) to autoscale")
+    concurrency: tuple[int, int] = Field(
+        default=(1, 1), description="engine actors: N, or [min, max] to autoscale (read as (min, max) either way)")
     num_gpus_per_engine: float = Field(default=1.0, ge=0)
     num_cpus_per_engine: float = Field(default=1.0, gt=0)
     num_cpus_per_task: float = Field(default=1.0, gt=0, description="CPU pre/post-processing tasks")
@@ -128,6 +128,17 @@ class CaptionConfig(_Strict):
         default=0.2, ge=0, le=1,
         description="warn when fewer captions than this share had a Wikipedia excerpt (a wrong join key, say)")
     page_rows: int = Field(default=24, ge=0, description="captions shown beside their images on captions.html")
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _pool_range(cls, value: Any) -> Any:
+        """One number is a fixed pool; a pool's range must hold at least one engine."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = (value, value)
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+            if not 1 <= value[0] <= value[1]:
+                raise ValueError(f"{list(value)}: need 1 <= min <= max engines")
+        return value
     engine_max_restarts: int = Field(default=3, ge=0, description="restarts of a crashed engine actor")
     engine_env: dict[str, str] = Field(
         default_factory=dict, description="environment of engine actors, e.g. VLLM_CPU_KVCACHE_SPACE on CPU"

@@ -37,7 +37,8 @@ def run_pipeline(cfg: Config, input_uri: str, output_uri: str, overwrite: bool =
     from biocap_ray.caption.merge import merge_captions
     from biocap_ray.caption.page import PAGE_FILE
     from biocap_ray.caption.run import caption
-    from biocap_ray.context.build import build_wikipedia_context, import_context
+    from biocap_ray.context.fetch import build_wikipedia_context
+    from biocap_ray.context.offline import import_context
     from biocap_ray.data.ops import convert
     from biocap_ray.evaluate.run import evaluate
     from biocap_ray.runtime import init_ray

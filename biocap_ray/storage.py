@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections import Counter
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -98,6 +99,18 @@ def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def decode_text(data: bytes, problems: Counter | None = None) -> str:
+    """UTF-8 text (a BOM dropped); lines that are not UTF-8 are kept with replacement characters
+    and counted in ``problems["non_utf8_lines"]``, so one bad byte does not cost a whole file."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8-sig", errors="replace")
+        if problems is not None:
+            problems["non_utf8_lines"] += sum(1 for line in text.splitlines() if "\ufffd" in line)
+        return text
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -9,7 +9,11 @@ Scenarios:
   task and actor ran (node type, resources asked for).
 - ``ingest-node-lost SRC DST``: ingest on two CPU nodes; one is removed abruptly once the first
   shard is written; the ingest finishes on the other node.
-- ``train-node-lost SRC OUT``: the train node is removed after the first checkpoint and replaced.
+- ``train-node-lost SRC OUT``: the train node is removed after the second checkpoint and replaced.
+- ``caption-node-lost SRC DST``: captioning with an autoscaling engine pool (1 to 2) on one caption
+  node; a second caption node joins and the pool grows onto it; then the first node is removed
+  abruptly while its engine works, the run goes on on the second, and a replacement node joins
+  (as the autoscaler brings one up for the lost engine), where the lost engine's batches rerun.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ def cli(*argv: str) -> dict:
     return {"exit_codes": codes, "placement": _placement(cluster, nodes)}
 
 
-def _when(condition, then, timeout_s: float = 300.0) -> threading.Thread:
+def _when(condition, then, timeout_s: float = 300.0, every_s: float = 0.05) -> threading.Thread:
     """Run ``then()`` in a thread as soon as ``condition()`` holds."""
 
     def watch():
@@ -107,7 +111,7 @@ def _when(condition, then, timeout_s: float = 300.0) -> threading.Thread:
             if condition():
                 then()
                 return
-            time.sleep(0.05)
+            time.sleep(every_s)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -134,8 +138,10 @@ def ingest_node_lost(src: str, dst: str) -> dict:
 
 
 def train_node_lost(src: str, out: str) -> dict:
-    """Training on the train node; the node is removed once the first checkpoint is written and a
-    new one joins a few seconds later (as the autoscaler replaces a reclaimed node)."""
+    """Training on the train node; the node is removed once the second checkpoint is registered
+    and a new one joins a few seconds later (as the autoscaler replaces a reclaimed node). A
+    checkpoint at every step makes each step take a Ray Train report (about a second): the
+    removal lands well before the last step however slowly the watcher is scheduled."""
     import mlflow
 
     from biocap_ray.config import load_config
@@ -144,11 +150,13 @@ def train_node_lost(src: str, out: str) -> dict:
     cluster, nodes = _cluster({"cpu_worker": CLUSTER_YAML_TYPES["cpu_worker"],
                                "train_gpu": CLUSTER_YAML_TYPES["train_gpu"]})
     cfg = load_config("local", ["train.accelerator_type=H100", "train.cpus_per_worker=0.25", "train.batch_size=2",
-                                "train.max_steps=6", "train.checkpoint_every=2", "train.val_fraction=0",
+                                "train.max_steps=8", "train.checkpoint_every=1", "train.val_fraction=0",
                                 "data.batch_size=4"])
     events: list[str] = []
+    removed_after: list[int] = []
 
     def replace_node():
+        removed_after.append(_latest_step(str(Path(out, "runs", "spot"))))
         cluster.remove_node(nodes["train_gpu"], allow_graceful=False)
         events.append("removed")
         time.sleep(3)
@@ -164,10 +172,72 @@ def train_node_lost(src: str, out: str) -> dict:
     run = next(r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
                if r.data.tags.get("biocap_run") == "spot")
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
-    return {**summary, "events": events, "loss_steps": steps}
+    return {**summary, "events": events, "removed_after_step": removed_after[0] if removed_after else None,
+            "loss_steps": steps}
 
 
-SCENARIOS = {"cli": cli, "ingest-node-lost": ingest_node_lost, "train-node-lost": train_node_lost}
+def _engines_by_node(cluster, nodes: dict) -> dict[str, int]:
+    """Caption engine actors alive now, per node type."""
+    from ray.util.state import list_actors
+
+    types = {n.node_id: name for name, n in nodes.items()}
+    try:
+        alive = [a for a in list_actors(limit=10_000, detail=True, filters=[("state", "=", "ALIVE")])
+                 if "Captioner" in a.class_name]
+    except Exception:  # the state API times out on a busy machine: ask again later
+        return {}
+    counts: dict[str, int] = {}
+    for a in alive:
+        counts[types.get(a.node_id, a.node_id)] = counts.get(types.get(a.node_id, a.node_id), 0) + 1
+    return counts
+
+
+def caption_node_lost(src: str, dst: str) -> dict:
+    from biocap_ray.caption.run import caption
+    from biocap_ray.config import load_config
+
+    # two CPUs per caption node: Ray Data grows a pool only within its CPU budget, of which an
+    # engine and its neighbours' tasks take a share (the real node has 4 to 8)
+    caption_node = {**CLUSTER_YAML_TYPES["caption_gpu"], "num_cpus": 2}
+    cluster, nodes = _cluster({"cpu_worker": CLUSTER_YAML_TYPES["cpu_worker"], "caption-a": caption_node},
+                              dashboard=True)
+    # the transformers engine: the pool, its growth and its losses are Ray Data's whatever the
+    # engine, and a vLLM engine takes 45-90 s to start on a 2-core machine (twice here)
+    cfg = load_config("local", ["caption.engine=transformers", "caption.accelerator_type=L40S",
+                                "caption.concurrency=[1, 2]", "caption.batch_size=2", "caption.rows_per_file=4",
+                                "caption.sampling.max_tokens=96",
+                                "caption.page_rows=0", "data.batch_size=4"])
+    events: list[tuple[str, float, dict]] = []
+    t0 = time.monotonic()
+
+    def log_event(name: str) -> None:
+        events.append((name, round(time.monotonic() - t0, 1), _engines_by_node(cluster, nodes)))
+
+    def add_second():
+        nodes["caption-b"] = cluster.add_node(**caption_node)
+        log_event("caption-b added")
+
+    def remove_first():
+        written = len(list(Path(dst).glob("part-*.parquet")))
+        cluster.remove_node(nodes["caption-a"], allow_graceful=False)
+        log_event(f"caption-a removed after {written} parts")
+        time.sleep(10)  # the run goes on on caption-b alone, until the autoscaler's replacement
+        nodes["caption-c"] = cluster.add_node(**caption_node)
+        log_event("caption-c added")
+
+    # the second node joins once the first engine is up; the first leaves once the second is
+    grown = _when(lambda: _engines_by_node(cluster, nodes).get("caption-a", 0) >= 1, add_second, every_s=0.5)
+    lost = _when(lambda: "caption-b" in nodes and _engines_by_node(cluster, nodes).get("caption-b", 0) >= 1,
+                 remove_first, timeout_s=600, every_s=0.5)
+    summary = caption(src, dst, cfg)
+    log_event("finished")
+    grown.join(timeout=5)
+    lost.join(timeout=5)
+    return {**summary, "events": events}
+
+
+SCENARIOS = {"cli": cli, "ingest-node-lost": ingest_node_lost, "train-node-lost": train_node_lost,
+             "caption-node-lost": caption_node_lost}
 
 if __name__ == "__main__":
     try:

@@ -17,14 +17,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import REPO, SAMPLE, ray_session_dir
 
 from biocap_ray.caption import outputs
 from biocap_ray.caption.merge import merge_captions
 from biocap_ray.caption.run import caption
 from biocap_ray.config import load_config
-from biocap_ray.context.build import import_context
+from biocap_ray.context.offline import import_context
 from biocap_ray.data import readers, writers
-from conftest import REPO, SAMPLE, ray_session_dir
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -255,9 +255,8 @@ def test_a_row_that_fails_alone_becomes_an_error_row_and_its_batch_still_caption
     and the bad row becomes an error row."""
     import pyarrow as pa
 
-    from biocap_ray.caption.engine import engine_class
     from biocap_ray.caption.prepare import prepare_batch
-    from biocap_ray.caption.run import build_setup
+    from biocap_ray.caption.run import build_setup, engine_class
 
     cfg = cfg_for("transformers", tmp_path)
     setup = build_setup(cfg)

@@ -2,8 +2,9 @@ import os
 
 import pytest
 
-from biocap_ray.caption.prepare import TINY_MODEL, load_processor
+from biocap_ray.caption.prepare import load_processor
 from biocap_ray.caption.prompts import PromptTemplate
+from biocap_ray.models.download import TINY_MODEL
 
 EXAMPLES = ["A bird with red wings.", "A bird with a hooked bill.", "A bird perched on a branch."]
 

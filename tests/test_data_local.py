@@ -9,11 +9,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLE, bad_images, jpeg_bytes
 
 from biocap_ray.data import readers, writers
 from biocap_ray.data.ops import convert, inspect
 from biocap_ray.data.taxonomy import Taxon
-from conftest import SAMPLE, bad_images, jpeg_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, SAMPLE
 
 from biocap_ray import storage
 from biocap_ray.data import readers
 from biocap_ray.data.ops import convert
-from conftest import REPO, SAMPLE
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -10,13 +10,13 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import sample_subset
 
 from biocap_ray.config import load_config
 from biocap_ray.data.taxonomy import RANKS, Taxon
 from biocap_ray.evaluate.classes import ClassSet
 from biocap_ray.evaluate.metrics import recall_at_k, zero_shot_metrics
 from biocap_ray.evaluate.run import score
-from conftest import sample_subset
 
 ANIMAL = dict(kingdom="Animalia", phylum="Chordata", class_="Mammalia", order="Carnivora")
 
@@ -79,7 +79,7 @@ def test_class_names_do_not_depend_on_the_order_rows_arrive_in():
 
 
 def test_hf_hub_specs_are_rejected_with_a_clear_error():
-    from biocap_ray.evaluate.checkpoints import ModelSpec
+    from biocap_ray.models.checkpoints import ModelSpec
 
     with pytest.raises(ValueError, match="hf-hub:.*ARCH:PATH"):
         ModelSpec.parse("bioclip=hf-hub:imageomics/bioclip")
@@ -135,7 +135,7 @@ def test_evaluate_matches_open_clip_and_a_brute_force_argmax(tmp_path):
 
     data = sample_subset(tmp_path / "data", 20, captions=True, corrupt=1)
     torch.manual_seed(3)
-    from biocap_ray.train.model import register_model_configs
+    from biocap_ray.models.clip import register_model_configs
 
     register_model_configs()
     reference = open_clip.create_model("biocap-tiny")

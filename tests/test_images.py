@@ -2,10 +2,10 @@ import io
 import re
 
 import pytest
+from conftest import SAMPLE, bad_images
 from PIL import Image
 
 from biocap_ray.data.images import ImageError, load_rgb, probe
-from conftest import SAMPLE, bad_images
 
 MAX = 89_478_485
 

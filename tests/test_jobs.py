@@ -21,7 +21,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SAMPLE
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,6 @@ import json
 
 import mlflow
 import pytest
-
 from conftest import REPO, sample_subset
 
 

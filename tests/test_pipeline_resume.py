@@ -13,11 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import REPO, sample_subset
 
 from biocap_ray.config import load_config
 from biocap_ray.data import readers
 from biocap_ray.pipeline import MARKER
-from conftest import REPO, sample_subset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 

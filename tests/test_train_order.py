@@ -61,7 +61,7 @@ def test_batches_from_a_class_sorted_dataset_mix_classes_and_epochs_differ(tmp_p
     assert skipped == 0 and sorted(order) == sorted(list(range(12)) * 2)
     assert order[:12] != order[12:]  # a new permutation each epoch
     assert list(epoch_permutation(12, 0, 1)) == order[12:]  # a pure function of (seed, epoch)
-    options = {k: v for k, v in batch_options(cfg, rank=0, start_step=0).items() if k != "prefetch_batches"}
+    options = {k: v for k, v in batch_options(cfg.train, rank=0, start_step=0).items() if k != "prefetch_batches"}
     mixed = _classes_per_batch(shards, cfg, order, options)
     assert len(mixed) == 24
     assert sum(len(set(b)) > 1 for b in mixed) >= 20, mixed

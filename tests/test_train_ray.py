@@ -15,10 +15,10 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import sample_subset
 
 from biocap_ray.config import load_config
 from biocap_ray.train.run import train
-from conftest import sample_subset
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -163,14 +163,14 @@ def _one_step(workers: int, micro_steps: int = 1) -> dict:
         import ray.train.torch
 
         from biocap_ray.config import load_config as load
+        from biocap_ray.models.clip import build_model
         from biocap_ray.train.loop import accumulated_backward
-        from biocap_ray.train.model import build_model
 
         cfg = load("local", ["train.mode=joint", "train.caption_weight=0.4"])
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         torch.manual_seed(0)
-        model, _, _, _ = build_model("biocap-tiny", None)
+        model, _ = build_model("biocap-tiny", None)
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
         gen = torch.Generator().manual_seed(1)
         images = torch.randn(8, 3, 32, 32, generator=gen)

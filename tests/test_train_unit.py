@@ -6,16 +6,20 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
+from PIL import Image
 
 from biocap_ray.config import load_config
-
-from biocap_ray.train.export import CAPTION_FILE, LABEL_FILE, export
-from biocap_ray.train.model import build_model
+from biocap_ray.models.checkpoints import CAPTION_FILE, LABEL_FILE, export
+from biocap_ray.models.clip import build_model
 from biocap_ray.train.objective import (
-    LABEL_TYPES, label_text_type, sample_probabilities, sample_text_type,
+    LABEL_TYPES,
+    label_text_type,
+    sample_probabilities,
+    sample_text_type,
 )
 
 
@@ -40,7 +44,7 @@ def test_caption_probability_is_the_knob():
 
 def test_dual_projector_starts_as_copies_and_exports_to_plain_open_clip(tmp_path):
     torch.manual_seed(0)
-    model, _, eval_tf, tokenizer = build_model("biocap-tiny", None)
+    model, tokenizer = build_model("biocap-tiny", None)
     assert torch.equal(model.label_proj, model.caption_proj)
     assert torch.equal(model.caption_logit_scale, model.clip.logit_scale)
     assert model.label_proj.data_ptr() != model.caption_proj.data_ptr()
@@ -63,7 +67,7 @@ def test_dual_projector_starts_as_copies_and_exports_to_plain_open_clip(tmp_path
 
 
 def test_single_projector_flag():
-    model, _, _, _ = build_model("biocap-tiny", None, dual_projector=False)
+    model, _ = build_model("biocap-tiny", None, dual_projector=False)
     assert not hasattr(model, "caption_proj")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model.image_features(x, "caption"), model.image_features(x, "label"))
@@ -85,7 +89,7 @@ def test_the_single_gpu_benchmark_runs_its_code_at_tiny_size_on_cpu(monkeypatch,
 def test_weight_decay_spares_exactly_what_the_papers_code_spares():
     from biocap_ray.train.loop import param_groups
 
-    model, _, _, _ = build_model("biocap-tiny", None)
+    model, _ = build_model("biocap-tiny", None)
     groups = param_groups(model, 0.2)
     assert [g["weight_decay"] for g in groups] == [0.0, 0.2]
     assert all(p.ndim < 2 for p in groups[0]["params"])  # the paper's rule names no 2-D parameter
@@ -112,7 +116,7 @@ def test_two_micro_batches_of_b_are_one_batch_of_2b(mode):
     results = []
     for micro in ([batch], halves):
         torch.manual_seed(0)
-        model, _, _, _ = build_model("biocap-tiny", None)
+        model, _ = build_model("biocap-tiny", None)
         calls = []
         loss, _ = accumulated_backward(model, open_clip.ClipLoss(), micro, 3, cfg,
                                        lambda micro_loss: (calls.append(1), micro_loss.backward()))
@@ -123,3 +127,16 @@ def test_two_micro_batches_of_b_are_one_batch_of_2b(mode):
     assert whole_grads.keys() == accum_grads.keys() and len(whole_grads) > 10
     for name, grad in whole_grads.items():
         assert torch.allclose(grad, accum_grads[name], atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("model", ["biocap-tiny", "ViT-B-16"])
+def test_the_one_preprocessing_source_is_what_open_clip_builds_for_the_architecture(model):
+    """Training, validation and evaluation transform images with ``tools_for`` (without building
+    a model); it must be what ``open_clip.create_model_and_transforms`` returns for the architecture."""
+    from biocap_ray.models.clip import register_model_configs, tools_for
+
+    register_model_configs()
+    _, train_tf, eval_tf = open_clip.create_model_and_transforms(model)
+    assert repr(tools_for(model, True)[0]) == repr(train_tf)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8))
+    assert torch.equal(tools_for(model, False)[0](image), eval_tf(image))

@@ -48,9 +48,9 @@ def test_a_sampled_search_runs_two_real_trials(tmp_path, search):
     """Random (Tune's variant generator) and Optuna each draw two points and train them."""
     import mlflow
     import pandas as pd
+    from conftest import sample_subset
 
     from biocap_ray.tune.sweep import sweep
-    from conftest import sample_subset
 
     data = sample_subset(tmp_path / "data", 16, captions=True)
     cfg = load_config("local", [

@@ -11,6 +11,7 @@ restarts the actor (also bounded by ``caption.engine_max_restarts``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,10 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from biocap_ray.caption.prepare import CaptionSetup, caption_row, error_row, row_seed
+from biocap_ray.caption.prepare import CaptionSetup
+from biocap_ray.caption.rows import caption_row, error_row
 from biocap_ray.config import CaptionConfig
 
 log = logging.getLogger(__name__)
+
+
+def row_seed(uid: str, attempt: int, seed: int) -> int:
+    """The sampling seed of a uid's attempt: the same caption on a rerun, another on a QC retry."""
+    return int.from_bytes(hashlib.sha1(f"{seed}:{attempt}:{uid}".encode()).digest()[:4], "little")
 
 
 @dataclass
@@ -49,10 +56,13 @@ class EngineActor:
     """Callable class for ``map_batches``: prepared prompts + images → caption rows.
 
     Subclasses load, unload and call one engine; they say which exceptions mean it died.
+    ``ledger`` (:mod:`biocap_ray.caption.ledger`) counts its starts and the rows it is handed.
     """
 
-    def __init__(self, setup: CaptionSetup, cfg: CaptionConfig):
-        self.setup, self.cfg = setup, cfg
+    def __init__(self, setup: CaptionSetup, cfg: CaptionConfig, ledger=None):
+        self.setup, self.cfg, self.ledger = setup, cfg, ledger
+        if ledger is not None:
+            ledger.started.remote()
         self.sampling, self.max_restarts = cfg.sampling.model_dump(), cfg.engine_max_restarts
         self.restarts = 0
         self._start()
@@ -126,6 +136,8 @@ class EngineActor:
         rows = [{k: _plain(batch[k][i]) for k in batch} for i in range(len(batch["uid"]))]
         if not rows:
             return {}
+        if self.ledger is not None:
+            self.ledger.received.remote(len(rows))
         images = [Image.fromarray(np.asarray(r["pixels"], dtype=np.uint8)) for r in rows]
         out = self._caption(rows, images, 0)
         # qc_action=retry: captions that fail QC are generated again with a new seed, here, so
@@ -139,14 +151,3 @@ class EngineActor:
                 if row["error"] is None:
                     out[i] = row
         return {k: [row[k] for row in out] for k in out[0]}
-
-
-def engine_class(name: str) -> type[EngineActor]:
-    """The actor class of ``caption.engine`` (imported only when chosen: vLLM is optional)."""
-    if name == "vllm":
-        from biocap_ray.caption.vllm_engine import VLLMCaptioner
-
-        return VLLMCaptioner
-    from biocap_ray.caption.transformers_engine import TransformersCaptioner
-
-    return TransformersCaptioner

@@ -53,7 +53,7 @@ FAMILIES = (
 
 def model_config(model: str) -> dict:
     """``config.json`` of a model: built-in tiny, local folder, s3:// folder or hub id."""
-    from biocap_ray.caption.prepare import TINY_MODELS, resolve_model
+    from biocap_ray.models.download import TINY_MODELS, resolve_model
 
     if model in TINY_MODELS or os.path.isdir(model):
         with open(os.path.join(resolve_model(model), "config.json")) as f:

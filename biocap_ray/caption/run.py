@@ -15,36 +15,34 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from biocap_ray import storage
 from biocap_ray.caption import outputs, page
-from biocap_ray.caption.engine import engine_class
+from biocap_ray.caption.engine import EngineActor
 from biocap_ray.caption.families import family_of
-from biocap_ray.caption.prepare import CaptionSetup, error_row, prepare_batch
+from biocap_ray.caption.ledger import start_ledger
+from biocap_ray.caption.prepare import CaptionSetup, prepare_batch
 from biocap_ray.caption.prompts import PromptTemplate
 from biocap_ray.caption.quality import QC_FLAGS, NameIndex, QualityRules
-from biocap_ray.config import Config
+from biocap_ray.caption.rows import error_row
+from biocap_ray.config import CaptionConfig, Config
 from biocap_ray.context.lookup import ContextLookup
 from biocap_ray.context.table import read_context
 from biocap_ray.data import readers, uid_set
+from biocap_ray.data.taxonomy import read_taxon_list
 
 log = logging.getLogger(__name__)
 
 
-def _run_names(cfg: Config) -> NameIndex:
+def _run_names(c: CaptionConfig) -> NameIndex:
     """Names that count as 'another taxon': the context table's taxa and an optional taxonomy CSV."""
     names: set[str] = set()
-    c = cfg.caption
     if c.context_uri:
         table = read_context(c.context_uri)
         for col in ("scientific_name", "common_name"):
             names.update(v for v in table.column(col).to_pylist() if v)
     if c.taxonomy_uri:
-        fs, path = storage.resolve(c.taxonomy_uri)
-        with fs.open_input_stream(path) as f:
-            rows = pacsv.read_csv(f).to_pylist()
-        for r in rows:
+        for r in read_taxon_list(c.taxonomy_uri):
             if r.get("genus") and r.get("species"):
                 names.add(f"{r['genus']} {r['species']}")
             if r.get("common_name"):
@@ -61,7 +59,7 @@ def build_setup(cfg: Config) -> CaptionSetup:
         engine=c.engine,
         template=PromptTemplate.load(c.prompt),
         lookup=ContextLookup.load(c.context_uri, cfg.context.format_examples_uri),
-        names=_run_names(cfg),
+        names=_run_names(c),
         image_size=c.image_size,
         rules=QualityRules(max_words=c.max_words, copy_threshold=c.copy_threshold),
         max_pixels=cfg.data.max_image_pixels,
@@ -116,22 +114,38 @@ class _Coverage:
         return message
 
 
-def _engine_stage(prepared, cfg: Config, setup: CaptionSetup):
-    """The engine as a Ray Data actor pool: one engine per actor, GPUs and restarts per the config."""
+def engine_class(name: str) -> type[EngineActor]:
+    """The actor class of ``caption.engine`` (imported only when chosen: vLLM is optional)."""
+    if name == "vllm":
+        from biocap_ray.caption.vllm_engine import VLLMCaptioner
+
+        return VLLMCaptioner
+    from biocap_ray.caption.transformers_engine import TransformersCaptioner
+
+    return TransformersCaptioner
+
+
+def _engine_stage(prepared, c: CaptionConfig, setup: CaptionSetup, ledger):
+    """The engine as a Ray Data actor pool: one engine per actor, GPUs and restarts per the config.
+
+    An actor lost with its node (a spot reclaim) is restarted wherever its accelerator type is
+    free again (the autoscaler brings a node up for it), and the batches it held wait for it,
+    however long that takes: their retries are unbounded, the actor's restarts are not. The other
+    engines go on with the rest meanwhile. Its batches' rows were not written, so they run once more.
+    """
     from ray.data import ActorPoolStrategy
 
-    c = cfg.caption
-    low, high = (c.concurrency, c.concurrency) if isinstance(c.concurrency, int) else c.concurrency
+    low, high = c.concurrency
     return prepared.map_batches(
         engine_class(c.engine),
-        fn_constructor_kwargs={"setup": setup, "cfg": c},
+        fn_constructor_kwargs={"setup": setup, "cfg": c, "ledger": ledger},
         compute=ActorPoolStrategy(min_size=low, max_size=high),
         batch_size=c.batch_size,
         num_cpus=c.num_cpus_per_engine,
         num_gpus=c.num_gpus_per_engine * c.tensor_parallel_size,
         accelerator_type=c.accelerator_type,
         max_restarts=c.engine_max_restarts,
-        max_task_retries=c.engine_max_restarts,
+        max_task_retries=-1,
         runtime_env={"env_vars": c.engine_env} if c.engine_env else None,
     )
 
@@ -273,7 +287,8 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
     expected = todo if todo is not None else len(readers.units(src, cfg.data, fmt)[0]) * cfg.data.samples_per_shard
     page_rate = page.sample_rate(c.page_rows, expected)
     prepared = ds.map_batches(_prepare_udf, fn_kwargs={"setup": setup, "folder": dst, "page_rate": page_rate}, **kw)
-    written = _engine_stage(prepared, cfg, setup).map_batches(
+    ledger = start_ledger()
+    written = _engine_stage(prepared, c, setup, ledger).map_batches(
         _write_udf, fn_kwargs={"folder": dst}, batch_format="pyarrow", batch_size=c.rows_per_file,
         num_cpus=c.num_cpus_per_task)
     progress, coverage = _Progress(todo, "caption"), _Coverage(c.min_context_coverage)
@@ -286,6 +301,10 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
                 coverage.update(n, texted)
                 images += n
     seconds, steady = progress.close(), progress.steady_rate()
+    import ray
+
+    counts = ray.get(ledger.counts.remote())
+    ray.kill(ledger)
     summary = summarize(dst)
     texted = sum(v for k, v in summary["context_levels"].items() if k != "none")
     summary["context_coverage"] = round(texted / summary["captioned"], 4) if summary["captioned"] else None
@@ -295,13 +314,17 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
     written_page = page.write_page(dst, c.page_rows, summary)
     if written_page:
         summary["captions_page"] = storage.redact(written_page)
-    engines = c.concurrency if isinstance(c.concurrency, int) else c.concurrency[1]
+    engines = c.concurrency[1]
     gpus = engines * c.num_gpus_per_engine * c.tensor_parallel_size
     rate = images / seconds if seconds and images else 0.0
     summary.update({
         "destination": storage.redact(dst),
         "this_run_images": images,
         "this_run_seconds": round(seconds, 1),
+        # rows an engine was handed but that were written from another attempt (an engine lost
+        # with its node mid-batch, or killed); and engine actors started, restarts included
+        "rows_retried": max(0, counts["rows_received"] - images),
+        "engine_starts": counts["engine_starts"],
         "images_per_s": round(rate, 3),
         "steady_images_per_s": round(steady, 3) if steady else None,
         "gpu_hours_per_million_images": round(gpus * 1e6 / rate / 3600, 2) if rate and gpus else None,

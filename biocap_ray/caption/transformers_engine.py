@@ -6,7 +6,8 @@ from __future__ import annotations
 from PIL import Image
 
 from biocap_ray.caption.engine import EngineActor, Generation
-from biocap_ray.caption.prepare import load_processor, resolve_model
+from biocap_ray.caption.prepare import load_processor
+from biocap_ray.models.download import resolve_model
 
 
 class TransformersCaptioner(EngineActor):

@@ -24,8 +24,9 @@ import uuid
 from PIL import Image
 
 from biocap_ray.caption.engine import EngineActor, Generation
-from biocap_ray.caption.prepare import CaptionSetup, resolve_model
+from biocap_ray.caption.prepare import CaptionSetup
 from biocap_ray.config import CaptionConfig
+from biocap_ray.models.download import resolve_model
 
 
 def engine_kwargs(cfg: CaptionConfig, setup: CaptionSetup) -> dict:
@@ -62,11 +63,11 @@ def sampling_params(sampling: dict, stop: tuple[str, ...] = ()):
 
 
 class VLLMCaptioner(EngineActor):
-    def __init__(self, setup: CaptionSetup, cfg: CaptionConfig):
+    def __init__(self, setup: CaptionSetup, cfg: CaptionConfig, ledger=None):
         self.engine = None
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="vllm-engine-loop", daemon=True).start()
-        super().__init__(setup, cfg)
+        super().__init__(setup, cfg, ledger)
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()

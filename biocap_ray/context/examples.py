@@ -216,3 +216,16 @@ class FormatExamples:
             "taxa_without_class": no_class,
             "example_classes_available": len(probe.by_name),
         }
+
+
+def examples_report(src: str | None, cfg, src_format: str | None = None) -> dict:
+    """Which classes of ``src`` have format examples of their own, and what the others fall back to."""
+    examples = FormatExamples.load(cfg.context.format_examples_uri)
+    if src is None:
+        return {"example_classes_available": len(examples.by_name)}
+    from biocap_ray.context.inputs import read_taxa
+
+    rows, _, problems = read_taxa(src, cfg, src_format)
+    report = examples.coverage(rows)
+    report["problems"] = dict(sorted(problems.items()))
+    return report

@@ -20,11 +20,6 @@ from biocap_ray.context.taxa import HIGHER_RANKS, LINEAGE, clean_name
 from biocap_ray.data.taxonomy import RANKS
 
 TEXT_LEVELS: tuple[str, ...] = ("species", "genus", *HIGHER_RANKS)  # most specific first
-CONTEXT_COLUMNS: tuple[str, ...] = (
-    "context_text", "context_level", "context_url", "examples", "examples_level", "context_hash"
-)
-
-
 @dataclass(frozen=True)
 class SpeciesContext:
     """What the caption prompt needs for one record, and where it came from."""
@@ -37,16 +32,6 @@ class SpeciesContext:
     examples_level: str  # "class", "phylum", "kingdom" or "default"
     examples_from: str | None  # the taxon the examples belong to (None for the default set)
     hash: str  # short, stable hash of (text, examples): equal context ⇔ equal hash
-
-    def as_columns(self) -> dict:
-        return {
-            "context_text": self.text,
-            "context_level": self.text_level,
-            "context_url": self.url,
-            "examples": list(self.examples),
-            "examples_level": self.examples_level,
-            "context_hash": self.hash,
-        }
 
 
 def context_hash(text: str | None, examples: Iterable[str]) -> str:
@@ -163,21 +148,3 @@ class ContextLookup:
             examples_from=ex_from,
             hash=context_hash(text, examples),
         )
-
-    def annotate(self, batch: pa.Table) -> pa.Table:
-        """``batch`` with the :data:`CONTEXT_COLUMNS` appended (for ``map_batches``, pyarrow format)."""
-        cols = [c for c in (*RANKS, "scientific_name") if c in batch.column_names]
-        found = [self.lookup(row) for row in batch.select(cols).to_pylist()]
-        extra = {
-            "context_text": pa.array([c.text for c in found], pa.string()),
-            "context_level": pa.array([c.text_level for c in found], pa.string()),
-            "context_url": pa.array([c.url for c in found], pa.string()),
-            "examples": pa.array([list(c.examples) for c in found], pa.list_(pa.string())),
-            "examples_level": pa.array([c.examples_level for c in found], pa.string()),
-            "context_hash": pa.array([c.hash for c in found], pa.string()),
-        }
-        for name, column in extra.items():
-            if name in batch.column_names:
-                batch = batch.drop_columns([name])
-            batch = batch.append_column(name, column)
-        return batch

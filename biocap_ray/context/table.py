@@ -7,8 +7,10 @@ complete parts and a rerun skips the keys they hold.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,9 +37,6 @@ CONTEXT_SCHEMA = pa.schema(
         ("source", pa.string()),
     ]
 )
-STATUSES = ("ok", "no_visual_text", "empty", "not_found")
-
-
 def to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{f.name: r.get(f.name) for f in CONTEXT_SCHEMA} for r in rows], schema=CONTEXT_SCHEMA)
 
@@ -82,3 +81,38 @@ def remove_parts(dst: str) -> int:
     for path in paths:
         fs.delete_file(path)
     return len(paths)
+
+
+class PartWriter:
+    """Buffers rows and writes whole parts of ``rows_per_file``; never writes a key twice."""
+
+    def __init__(self, dst: str, rows_per_file: int, done: set[str]) -> None:
+        self.dst, self.rows_per_file, self.done = dst, rows_per_file, done
+        self.run_id, self.pending, self.seq, self.rows = new_run_id(), [], 0, 0
+
+    def add(self, row: dict) -> None:
+        if row["key"] in self.done:
+            return
+        self.done.add(row["key"])
+        self.pending.append(row)
+        if len(self.pending) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            write_part(self.dst, self.pending, self.run_id, self.seq)
+            self.seq += 1
+            self.rows += len(self.pending)
+            self.pending = []
+
+
+def new_summary(queries: int, problems: Counter) -> dict:
+    return {"taxa": queries, "skipped_done": 0, "processed": 0, "rows_written": 0, "files_written": 0,
+            "status": Counter(), "problems": dict(sorted(problems.items())), "errors": []}
+
+
+def finish_summary(summary: dict, dst: str) -> dict:
+    summary["status"] = dict(sorted(summary["status"].items()))
+    summary["output"] = storage.redact(dst)
+    storage.write_bytes(storage.join(dst, "_summary.json"), json.dumps(summary, indent=2).encode())
+    return summary

@@ -1,14 +1,20 @@
-"""Just enough wikitext: taxobox parameters, sections, and markup to plain text.
+"""What the context needs from wikitext: taxobox parameters, sections, and prose as plain text.
 
 Works on the page source (``revisions`` content) so that one API request gives the taxobox,
 the sections and the revision id together, on any MediaWiki mirror (TextExtracts not needed).
-Templates are dropped except a few that carry prose (``convert``, ``lang``, ``nowrap``, …).
+``mwparserfromhell`` parses; this module knows which templates carry prose (``convert``,
+``lang``, ``nowrap``, …; the rest are dropped), which links are not prose (files, categories,
+other languages) and what a taxobox calls each rank.
 """
 
 from __future__ import annotations
 
 import html
 import re
+
+import mwparserfromhell
+from mwparserfromhell.nodes import ExternalLink, Heading, HTMLEntity, Tag, Template, Text, Wikilink
+from mwparserfromhell.wikicode import Wikicode
 
 TAXOBOXES = frozenset(
     {"speciesbox", "taxobox", "automatic taxobox", "subspeciesbox", "infraspeciesbox", "hybridbox", "virusbox"}
@@ -38,74 +44,30 @@ _SYMBOLS = {"ndash": "–", "snd": " – ", "spaced ndash": " – ", "mdash": "�
             "nbsp": " ", "-": "", "'": "'", "=": "=", "!": "|", "·": " · ", "dot": " · ", "x": "×"}
 
 
-def _scan(text: str, open_: str, close: str, start: int) -> int:
-    """Index just past the ``close`` that balances the ``open_`` at ``start`` (or len(text))."""
-    depth, i = 0, start
-    while i < len(text):
-        if text.startswith(open_, i):
-            depth += 1
-            i += len(open_)
-        elif text.startswith(close, i):
-            depth -= 1
-            i += len(close)
-            if depth == 0:
-                return i
-        else:
-            i += 1
-    return len(text)
+# tags whose contents are not prose: footnotes, galleries, formulas, scores, code, tables
+_DROPPED_TAGS = frozenset({"ref", "references", "gallery", "math", "chem", "score", "timeline", "syntaxhighlight",
+                           "source", "imagemap", "table", "graph", "templatedata", "categorytree", "inputbox"})
 
 
-def split_params(body: str) -> list[str]:
-    """Split a template body on ``|`` that are not inside nested templates or links."""
-    parts, depth_t, depth_l, current = [], 0, 0, []
-    i = 0
-    while i < len(body):
-        two = body[i : i + 2]
-        if two in ("{{", "}}", "[[", "]]"):
-            depth_t += 1 if two == "{{" else -1 if two == "}}" else 0
-            depth_l += 1 if two == "[[" else -1 if two == "]]" else 0
-            current.append(two)
-            i += 2
-            continue
-        if body[i] == "|" and depth_t <= 0 and depth_l <= 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(body[i])
-        i += 1
-    parts.append("".join(current))
-    return parts
+def _name(template: Template) -> str:
+    return " ".join(str(template.name).replace("_", " ").split()).lower()
 
 
-def templates(text: str) -> list[tuple[str, list[str], int, int]]:
-    """Top-level templates as (lower-case name, raw params, start, end)."""
-    found, i = [], 0
-    while True:
-        i = text.find("{{", i)
-        if i < 0:
-            return found
-        end = _scan(text, "{{", "}}", i)
-        parts = split_params(text[i + 2 : end - 2])
-        name = " ".join(parts[0].replace("_", " ").split()).lower()
-        found.append((name, parts[1:], i, end))
-        i = end
-
-
-def _named(params: list[str]) -> tuple[dict[str, str], list[str]]:
+def _params(template: Template) -> tuple[dict[str, str], list[str]]:
+    """(named, positional) parameter values as raw wikitext, names lower-cased."""
     named, positional = {}, []
-    for p in params:
-        key, eq, value = p.partition("=")
-        if eq and re.fullmatch(r"\s*[\w\s-]+\s*", key):
-            named[" ".join(key.split()).lower()] = value.strip()
+    for param in template.params:
+        if param.showkey:
+            named[" ".join(str(param.name).split()).lower()] = str(param.value).strip()
         else:
-            positional.append(p.strip())
+            positional.append(str(param.value).strip())
     return named, positional
 
 
-def _render_template(name: str, params: list[str]) -> str:
-    """The prose a template stands for, or '' for the many that are not prose."""
-    base = name.split(":", 1)[-1].strip()
-    named, positional = _named(params)
+def _render_template(template: Template) -> str:
+    """The prose a template stands for (as wikitext), or '' for the many that are not prose."""
+    base = _name(template).split(":", 1)[-1].strip()
+    _, positional = _params(template)
     if base in _SYMBOLS:
         return _SYMBOLS[base]
     if base in ("convert", "cvt") and positional:
@@ -123,72 +85,52 @@ def _render_template(name: str, params: list[str]) -> str:
     return ""
 
 
-def _replace_templates(text: str) -> str:
-    out, last = [], 0
-    for name, params, start, end in templates(text):
-        out.append(text[last:start])
-        rendered = _render_template(name, params)
-        out.append(_replace_templates(rendered) if "{{" in rendered else rendered)
-        last = end
-    out.append(text[last:])
+def _is_prose_link(link: Wikilink) -> bool:
+    target = str(link.title)
+    prefix = target.split(":", 1)[0].strip().lower() if ":" in target else ""
+    # files, categories and interlanguage links are not prose
+    return not (prefix in ("file", "image", "category", "media") or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", prefix))
+
+
+def _prose(code: Wikicode) -> str:
+    """The text of parsed wikitext: prose templates rendered, links as their labels, markup dropped."""
+    out = []
+    for node in code.nodes:
+        if isinstance(node, Text):
+            out.append(str(node))
+        elif isinstance(node, Template):
+            out.append(_prose(mwparserfromhell.parse(_render_template(node))))
+        elif isinstance(node, Wikilink):
+            if _is_prose_link(node):
+                out.append(_prose(node.text) if node.text is not None else str(node.title).split("#", 1)[0])
+        elif isinstance(node, ExternalLink):
+            out.append((_prose(node.title) if node.title is not None else "") if node.brackets else str(node.url))
+        elif isinstance(node, HTMLEntity):
+            out.append(node.normalize())
+        elif isinstance(node, Tag):
+            tag = str(node.tag).strip().lower()
+            if tag == "br":
+                out.append(" ")
+            elif tag not in _DROPPED_TAGS and node.contents is not None:
+                out.append(_prose(node.contents))
+        elif isinstance(node, Heading):
+            out.append(_prose(node.title))
+        # comments, template arguments and the rest are not prose
     return "".join(out)
-
-
-def _replace_links(text: str) -> str:
-    out, i = [], 0
-    while True:
-        j = text.find("[[", i)
-        if j < 0:
-            out.append(text[i:])
-            return "".join(out)
-        out.append(text[i:j])
-        end = _scan(text, "[[", "]]", j)
-        inner = text[j + 2 : end - 2]
-        target, _, label = inner.partition("|")
-        prefix = target.split(":", 1)[0].strip().lower() if ":" in target else ""
-        if prefix in ("file", "image", "category", "media") or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", prefix):
-            pass  # files, categories and interlanguage links are not prose
-        else:
-            shown = label if label else target.split("#", 1)[0]
-            out.append(_replace_links(shown) if "[[" in shown else shown)
-        i = end
-
-
-def _drop_tables(text: str) -> str:
-    out, i = [], 0
-    while True:
-        j = text.find("{|", i)
-        if j < 0:
-            out.append(text[i:])
-            return "".join(out)
-        out.append(text[i:j])
-        i = _scan(text, "{|", "|}", j)
 
 
 def to_plain(wikitext: str | None) -> str:
     """Plain prose of a piece of wikitext; paragraphs separated by blank lines."""
     if not wikitext:
         return ""
-    text = re.sub(r"<!--.*?(?:-->|$)", "", wikitext, flags=re.S)
-    text = re.sub(r"<ref[^>/]*/>", "", text, flags=re.I)
-    text = re.sub(r"<ref[^>]*>.*?</ref\s*>", "", text, flags=re.I | re.S)
-    text = re.sub(r"<(gallery|math|score|timeline|syntaxhighlight|imagemap)[^>]*>.*?</\1\s*>", "", text,
-                  flags=re.I | re.S)
-    text = _replace_templates(text)
-    text = _drop_tables(text)
-    text = _replace_links(text)
-    text = re.sub(r"\[(?:https?:)?//[^\s\]]+\s*([^\]]*)\]", r"\1", text)
-    text = re.sub(r"'{2,}", "", text)
-    text = re.sub(r"<br\s*/?>", " ", text, flags=re.I)
-    text = re.sub(r"</?[a-zA-Z][^>]*>", "", text)
+    text = _prose(mwparserfromhell.parse(wikitext))
+    text = re.sub(r"'{2,}", "", text)  # unbalanced bold/italic marks the parser leaves as text
     text = html.unescape(text).replace("\xa0", " ")
     paragraphs, current = [], []
     for line in text.split("\n"):
         line = line.strip()
-        if re.fullmatch(r"__[A-Z]+__", line) or line.startswith(("|", "!")):
+        if re.fullmatch(r"__[A-Z]+__", line) or line.startswith(("|", "!", "{|")):
             continue
-        if re.match(r"[*#:;]+", line):
-            line = re.sub(r"^[*#:;]+\s*", "", line)
         if not line:
             if current:
                 paragraphs.append(" ".join(current))
@@ -200,13 +142,17 @@ def to_plain(wikitext: str | None) -> str:
     return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
 
 
+def _top_templates(wikitext: str | None) -> list[Template]:
+    return mwparserfromhell.parse(wikitext or "").filter_templates(recursive=False)
+
+
 def taxobox(wikitext: str | None) -> dict[str, str]:
     """Parameters of the page's first taxobox (lower-case keys, plain values); {} if it has none."""
-    for name, params, _, _ in templates(wikitext or ""):
-        if name in TAXOBOXES:
-            named, _ = _named(params)
+    for template in _top_templates(wikitext):
+        if _name(template) in TAXOBOXES:
+            named, _ = _params(template)
             values = {k: taxon_value(v) for k, v in named.items()}
-            values["_template"] = name
+            values["_template"] = _name(template)
             return values
     return {}
 
@@ -238,27 +184,23 @@ def taxobox_ranks(box: dict[str, str]) -> dict[str, str]:
 
 
 def is_disambiguation(wikitext: str | None) -> bool:
-    for name, _, _, _ in templates(wikitext or ""):
-        if name in DISAMBIGUATION_TEMPLATES or "disambiguation" in name:
-            return True
-    return False
+    return any(_name(t) in DISAMBIGUATION_TEMPLATES or "disambiguation" in _name(t) for t in _top_templates(wikitext))
 
 
 def sections(wikitext: str | None) -> list[tuple[str, int, str]]:
-    """(title, level, raw body) in page order; the lead is ("", 0, …). A body includes its subsections."""
-    text = wikitext or ""
-    heads = list(re.finditer(r"^(={2,6})\s*(.+?)\s*\1\s*$", text, flags=re.M))
-    result = [("", 0, text[: heads[0].start()] if heads else text)]
-    for n, head in enumerate(heads):
-        level = len(head.group(1))
-        end = len(text)
-        for later in heads[n + 1 :]:
-            if len(later.group(1)) <= level:
-                end = later.start()
-                break
-        body = text[head.end() : end]
-        body = re.sub(r"^(={2,6})\s*(.+?)\s*\1\s*$", "", body, flags=re.M)  # subsection titles
-        result.append((to_plain(head.group(2)), level, body))
+    """(title, level, raw body) in page order; the lead is ("", 0, …). A body includes its
+    subsections' text but not their titles."""
+    code = mwparserfromhell.parse(wikitext or "")
+    result: list[tuple[str, int, str]] = []
+    for section in code.get_sections(include_lead=True, flat=False):
+        head = section.nodes[0] if section.nodes else None
+        if not isinstance(head, Heading):
+            result.append(("", 0, str(section)))
+            continue
+        body = "".join(str(n) for n in section.nodes[1:] if not isinstance(n, Heading))
+        result.append((to_plain(str(head.title)), head.level, body))
+    if not result or result[0][1] != 0:
+        result.insert(0, ("", 0, ""))
     return result
 
 

@@ -29,12 +29,13 @@ def first_occurrences_of_duplicates(ds) -> dict[str, str]:
 
 
 def _mark_duplicates(batch: pa.Table, first: dict[str, str]) -> pa.Table:
+    from biocap_ray.data.schema import to_table
+    from biocap_ray.data.validate import duplicate_error
+
     rows = batch.to_pylist()
     for row in rows:
-        origin = first.get(row["uid"])
-        if origin is not None and row["origin"] != origin and not row["error"]:
-            row["error"] = f"duplicate uid {row['uid']!r} (first at {origin})"
-    from biocap_ray.data.schema import to_table
+        if not row["error"]:
+            row["error"] = duplicate_error(row["uid"], row["origin"], first)
 
     return to_table(rows)
 

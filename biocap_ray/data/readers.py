@@ -298,18 +298,13 @@ def _rename_first(table: pa.Table, aliases: tuple[str, ...], name: str) -> pa.Ta
 
 
 def _mark_duplicates(table: pa.Table) -> pa.Table:
-    uids = table.column("uid").to_pylist()
+    from biocap_ray.data.validate import duplicate_error
+
+    uids, origins = table.column("uid").to_pylist(), table.column("origin").to_pylist()
     first: dict[str, str] = {}
-    errors: list[str | None] = []
-    origins = table.column("origin").to_pylist()
     for uid, origin in zip(uids, origins):
-        if not uid:
-            errors.append("empty uid")
-        elif uid in first:
-            errors.append(f"duplicate uid {uid!r} (first at {first[uid]})")
-        else:
-            first[uid] = origin
-            errors.append(None)
+        first.setdefault(uid, origin)  # the first row in the table's order
+    errors = ["empty uid" if not uid else duplicate_error(uid, origin, first) for uid, origin in zip(uids, origins)]
     return table.append_column("metadata_error", pa.array(errors, pa.string()))
 
 

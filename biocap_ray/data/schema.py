@@ -51,10 +51,6 @@ def make_record(
     return rec
 
 
-def taxon_of(record: dict) -> Taxon:
-    return Taxon.from_mapping(record)
-
-
 def to_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 

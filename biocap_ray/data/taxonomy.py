@@ -8,6 +8,7 @@ to their plain form when there is no common name.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
@@ -168,3 +169,47 @@ def parse_common_name(com_text: str, sci_text: str) -> str | None:
     return com if com and com != sci else None
 
 
+
+
+def is_taxon_list(uri: str) -> bool:
+    """A CSV/TSV without a ``file`` column, or a Parquet without ``image``, lists taxa, not images."""
+    import csv
+
+    from biocap_ray import storage
+
+    lower = uri.lower()
+    if lower.endswith((".csv", ".tsv")):
+        head = storage.read_bytes(uri)[:65536].decode("utf-8-sig", errors="replace").splitlines()[:1]
+        header = next(csv.reader(head, delimiter="\t" if lower.endswith(".tsv") else ","), [])
+        return "file" not in [h.strip() for h in header]
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        fs, path = storage.resolve(uri)
+        return "image" not in pq.read_schema(path, filesystem=fs).names
+    return False
+
+
+def read_taxon_list(uri: str, problems: Counter | None = None) -> list[dict]:
+    """The rows of a taxon list (CSV, TSV or Parquet; local or s3://): rank columns and/or
+    ``scientific_name``, optionally ``common_name``. CSV values are strings; lines that are not
+    UTF-8 are read with replacement characters and counted in ``problems["non_utf8_lines"]``."""
+    import csv
+    import io
+
+    from biocap_ray import storage
+
+    if uri.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        fs, path = storage.resolve(uri)
+        rows = pq.read_table(path, filesystem=fs).to_pylist()
+        columns = list(rows[0]) if rows else []
+    else:
+        text = storage.decode_text(storage.read_bytes(uri), problems)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if uri.lower().endswith(".tsv") else ",")
+        rows, columns = list(reader), reader.fieldnames or []
+    if rows and not any(c in columns for c in ("genus", "scientific_name")):
+        raise ValueError(f"{storage.redact(uri)}: a taxon list needs a 'genus' or 'scientific_name' column;"
+                         f" found {', '.join(columns)}")
+    return rows

@@ -15,6 +15,13 @@ from biocap_ray.data.taxonomy import RANKS
 _KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
+def duplicate_error(uid: str, origin: str, first: dict[str, str]) -> str | None:
+    """The error of a record whose uid already occurred, at ``first[uid]``; None for the first
+    occurrence and for uids that occur once. Metadata tables and whole datasets share it."""
+    seen = first.get(uid)
+    return f"duplicate uid {uid!r} (first at {seen})" if seen is not None and origin != seen else None
+
+
 def image_extension(data: bytes) -> str:
     """The WebDataset key for encoded image bytes (sniffed from magic numbers)."""
     if data[:3] == b"\xff\xd8\xff":

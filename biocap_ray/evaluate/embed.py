@@ -10,12 +10,11 @@ import pyarrow as pa
 import torch
 
 from biocap_ray.data.images import ImageError, load_rgb
-from biocap_ray.data.taxonomy import RANKS
-from biocap_ray.evaluate.checkpoints import ModelSpec, load_model
 from biocap_ray.evaluate.classes import TEMPLATES
-from biocap_ray.train.ingest import tools_for
+from biocap_ray.evaluate.records import LABEL_COLUMNS
+from biocap_ray.models.checkpoints import ModelSpec, load_model
+from biocap_ray.models.clip import tools_for
 
-LABEL_COLUMNS = ("uid", *RANKS, "scientific_name", "common_name", "caption")
 # Retrieval variants, each (image projector, caption prompt), both always scored and named apart:
 # "paper" as the published tables (label projection, "a photo of " + caption); "caption_projector"
 # BioCAP's caption head on the caption as written.

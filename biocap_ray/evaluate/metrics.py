@@ -16,6 +16,8 @@ import numpy as np
 
 from biocap_ray.data.taxonomy import RANKS, Taxon
 
+TOPK = (1, 3, 5)  # the zero-shot top-k accuracies reported, in evaluation and validation alike
+
 
 def agrees(pred: Taxon, truth: Taxon, down_to: str | None = None) -> bool:
     """``pred`` matches every rank ``truth`` names, down to ``down_to`` (default: its label rank)."""

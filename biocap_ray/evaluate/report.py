@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import io
 import textwrap
 
 from biocap_ray.data.taxonomy import RANKS
 from biocap_ray.evaluate.embed import RETRIEVAL
+from biocap_ray.plots import png, subplots
 
 ZERO_SHOT_COLUMNS = ("top1", "top3", "top5", "top1_macro", "top1_exact", "top5_exact", "top1_exact_macro")
 RETRIEVAL_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall")
@@ -122,23 +122,3 @@ def _wrap(text: str) -> str:
     anything beyond the Latin alphabets) becomes ``·`` instead of missing-glyph warnings."""
     drawable = "".join(ch if ch.isprintable() and ord(ch) < 0x0250 else "\u00b7" for ch in text.replace("\n", " "))
     return textwrap.shorten(drawable, 160)
-
-
-def subplots(*args, **kwargs):
-    """matplotlib figures without a display (jobs run headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(*args, **kwargs)
-
-
-def png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()

@@ -16,49 +16,18 @@ import tempfile
 import numpy as np
 
 from biocap_ray import storage
-from biocap_ray.config import Config
+from biocap_ray.config import Config, EvalConfig
 from biocap_ray.data import readers
 from biocap_ray.data.images import load_rgb
 from biocap_ray.evaluate import report
 from biocap_ray.evaluate.classes import ClassSet, truth_taxon
-from biocap_ray.evaluate.embed import LABEL_COLUMNS, RETRIEVAL, embed
-from biocap_ray.evaluate.checkpoints import ModelSpec
-from biocap_ray.evaluate.metrics import confusions, recall_at_k, zero_shot_metrics
+from biocap_ray.evaluate.embed import RETRIEVAL, embed
+from biocap_ray.evaluate.metrics import TOPK, confusions, recall_at_k, zero_shot_metrics
+from biocap_ray.evaluate.records import LABEL_COLUMNS, label_rows, read_split, taxonomy_rows
+from biocap_ray.models.checkpoints import ModelSpec
 from biocap_ray.tracking import default_tracking_uri, flatten, use_experiment
-from biocap_ray.train.ingest import keep_split
 
 log = logging.getLogger(__name__)
-TOPK = (1, 3, 5)
-
-
-def read_split(uri: str, cfg: Config, held_out_fraction: float | None = None):
-    """The records to evaluate: all of them, or only the uids a training run held out."""
-    ds = readers.read_records(uri, cfg.data)
-    if held_out_fraction:
-        ds = keep_split(ds, held_out_fraction, held_out=True, num_cpus=cfg.data.num_cpus_per_task)
-    return ds
-
-
-def label_rows(uri: str, cfg: Config, held_out_fraction: float | None = None) -> list[dict]:
-    """The label columns of every good record (cheap for folder + metadata; one read otherwise)."""
-    columns = [c for c in LABEL_COLUMNS if c != "caption"]
-    ds = read_split(uri, cfg, held_out_fraction).filter(lambda r: not r["error"], num_cpus=cfg.data.num_cpus_per_task)
-    ds = ds.select_columns(columns)
-    return ds.take_all()
-
-
-def taxonomy_rows(uri: str | None) -> list[dict]:
-    """Extra candidate taxa from a CSV/TSV/Parquet with rank columns (e.g. a benchmark's label set)."""
-    if not uri:
-        return []
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    data = storage.read_bytes(uri)
-    if uri.endswith(".parquet"):
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    opts = pacsv.ParseOptions(delimiter="\t" if uri.endswith(".tsv") else ",")
-    return pacsv.read_csv(io.BytesIO(data), parse_options=opts).to_pylist()
 
 
 def score(rows: dict[str, np.ndarray], classes: ClassSet, rank: str, text_type: str) -> dict:
@@ -96,13 +65,13 @@ def evaluate(src: str, out: str, cfg: Config, models: list[str], held_out: bool 
         raise ValueError("no model to evaluate: give at least one ARCH[:WEIGHTS]")
     if len({s.name for s in specs}) != len(specs):
         raise ValueError(f"model names must differ: {[s.name for s in specs]} (use NAME=ARCH:WEIGHTS)")
-    labels = label_rows(src, cfg, split)
+    labels = label_rows(src, cfg.data, split)
     classes = ClassSet.build(labels, e.text_type, e.rank, extra=taxonomy_rows(e.taxonomy_uri))
     log.info("evaluating %d model(s) on %d records, %d classes (%s names at %s)",
              len(specs), len(labels), len(classes), e.text_type, e.rank)
     results, errors, examples = {}, {}, {}
     for spec in specs:
-        rows = embed(read_split(src, cfg, split), spec, classes.names, cfg, k=max(TOPK))
+        rows = embed(read_split(src, cfg.data, split), spec, classes.names, cfg, k=max(TOPK))
         results[spec.name] = score(rows, classes, e.rank, e.text_type)
         errors.update({u: err for u, err in zip(rows["uid"], rows["error"]) if err})
         if "retrieval_paper" in results[spec.name] and not examples:
@@ -118,7 +87,7 @@ def evaluate(src: str, out: str, cfg: Config, models: list[str], held_out: bool 
         setup["captions"] = "[captions.html](captions.html): sampled captions beside their images and prompts"
     files = write_outputs(out, results, setup, errors, examples, attached)
     tracking_uri = e.mlflow_tracking_uri or default_tracking_uri(out)
-    log_to_mlflow(tracking_uri, e.experiment, cfg, results, files)
+    log_to_mlflow(tracking_uri, e, results, files)
     return {"models": {n: report.flat_metrics(r) for n, r in results.items()},
             "report": storage.redact(storage.join(out, "report.md")), "mlflow_tracking_uri": storage.redact(tracking_uri)}
 
@@ -175,12 +144,12 @@ def write_outputs(out: str, results: dict, setup: dict, errors: dict, examples: 
     return files
 
 
-def log_to_mlflow(tracking_uri: str, experiment: str, cfg: Config, results: dict, files: dict[str, bytes]) -> None:
+def log_to_mlflow(tracking_uri: str, e: EvalConfig, results: dict, files: dict[str, bytes]) -> None:
     import mlflow
 
-    use_experiment(tracking_uri, experiment)
+    use_experiment(tracking_uri, e.experiment)
     with mlflow.start_run(run_name="evaluate", tags={"stage": "evaluate"}):
-        mlflow.log_params({k: v for k, v in flatten(cfg.evaluate.model_dump(mode="json"), "evaluate.").items()})
+        mlflow.log_params({k: v for k, v in flatten(e.model_dump(mode="json"), "evaluate.").items()})
         with tempfile.TemporaryDirectory() as d:
             for name, data in files.items():
                 path = f"{d}/{name}"

@@ -3,41 +3,15 @@ Ray Data actors or tasks (so GPU workers only train), fed to workers with ``iter
 
 from __future__ import annotations
 
-import functools
-import hashlib
-
 import numpy as np
 import pyarrow as pa
 
+from biocap_ray.config import TrainConfig
 from biocap_ray.data.images import load_rgb
+from biocap_ray.data.split import keep_split
 from biocap_ray.data.taxonomy import Taxon
+from biocap_ray.models.clip import image_size, tools_for
 from biocap_ray.train.objective import TEXT_CHOICES
-
-
-@functools.lru_cache(maxsize=2)
-def tools_for(model: str, is_train: bool):
-    """(image transform, tokenizer) of an open_clip architecture, cached per process."""
-    import open_clip
-
-    from biocap_ray.train.model import register_model_configs
-
-    register_model_configs()
-    cfg = open_clip.get_model_config(model)
-    if cfg is None:
-        raise ValueError(f"unknown open_clip model {model!r}")
-    size = cfg["vision_cfg"]["image_size"]
-    transform = open_clip.image_transform(size, is_train=is_train)
-    return transform, open_clip.get_tokenizer(model)
-
-
-@functools.lru_cache(maxsize=8)
-def image_size(model: str) -> int:
-    from biocap_ray.train.model import register_model_configs
-    import open_clip
-
-    register_model_configs()
-    size = open_clip.get_model_config(model)["vision_cfg"]["image_size"]
-    return size if isinstance(size, int) else size[0]
 
 
 def training_rows(batch: pa.Table, model: str, fallback: str, max_pixels: int, is_train: bool = True) -> dict:
@@ -81,24 +55,6 @@ class TrainingRows:
         return training_rows(batch, **self.kwargs)
 
 
-def is_held_out(uid: str, fraction: float) -> bool:
-    """Whether a uid belongs to the validation split: a pure function of the uid, so the split
-    is the same on every run, worker and resume."""
-    return int.from_bytes(hashlib.sha1(uid.encode()).digest()[:4], "little") < fraction * 2**32
-
-
-def _split_rows(batch: pa.Table, fraction: float, held_out: bool) -> pa.Table:
-    keep = [is_held_out(uid, fraction) == held_out for uid in batch.column("uid").to_pylist()]
-    return batch.filter(pa.array(keep, pa.bool_()))
-
-
-def keep_split(ds, fraction: float, held_out: bool, num_cpus: float):
-    """The rows of ``ds`` in (``held_out``) or out of the held-out split. A batch function, not a
-    row filter, so that Ray Data fuses it with the maps around it into one operator."""
-    return ds.map_batches(_split_rows, fn_kwargs={"fraction": fraction, "held_out": held_out},
-                          batch_format="pyarrow", num_cpus=num_cpus)
-
-
 def training_dataset(src: str, cfg, order: list[int] | None = None):
     """The Ray Dataset a training run consumes (without the held-out validation uids), reading
     the units of ``src`` in ``order`` (see ``train.order``: every epoch, one stream). Parsing
@@ -120,10 +76,9 @@ def training_dataset(src: str, cfg, order: list[int] | None = None):
                           compute=ActorPoolStrategy(min_size=1, max_size=t.data_actors), **common)
 
 
-def batch_options(cfg, rank: int, start_step: int) -> dict:
+def batch_options(t: TrainConfig, rank: int, start_step: int) -> dict:
     """How a worker iterates its shard: whole batches, mixed in a local shuffle buffer seeded by
     (seed, rank, the step the run (re)started at), so a resumed run is reproducible too."""
-    t = cfg.train
     return {"batch_size": t.batch_size, "prefetch_batches": t.prefetch_batches, "drop_last": True,
             "local_shuffle_buffer_size": t.shuffle_buffer or None,
             "local_shuffle_seed": int(np.random.SeedSequence([t.seed, rank, start_step]).generate_state(1)[0])}

@@ -12,17 +12,17 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from biocap_ray import storage
 from biocap_ray.config import Config
-from biocap_ray.train.export import STATE_FILE
+from biocap_ray.models.checkpoints import STATE_FILE
+from biocap_ray.models.clip import BioCAPModel, build_model
 from biocap_ray.train.ingest import batch_options
-from biocap_ray.train.model import BioCAPModel, build_model
 from biocap_ray.train.objective import TEXT_CHOICES, label_text_type, sample_probabilities, sample_text_type
-
 
 VAL_METRIC = "val_top1"  # what picks the best checkpoint and what sweeps stop early on
 
@@ -148,8 +148,22 @@ def _report(metrics: dict, rank: int, unwrapped, optimizer, scheduler, meta: dic
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+@dataclass(frozen=True)
+class LoopArgs:
+    """What every worker's loop needs besides its dataset shards (``train_loop_config["args"]``)."""
+
+    cfg: dict  # the run's Config, serialised (validated again on the worker)
+    run_name: str
+    total_steps: int
+    steps_per_epoch: int
+    tracking_uri: str
+    export_uri: str
+    val_classes: object | None = None  # evaluate.classes.ClassSet when validating
+    parent_run_id: str | None = None  # a sweep's trial: its MLflow run nests under the sweep's
+
+
 def train_loop(config: dict) -> None:
-    """Ray Train entry point; ``config`` holds the serialised :class:`Config` and run facts."""
+    """Ray Train entry point; ``config["args"]`` is the run's :class:`LoopArgs`."""
     import open_clip
     import ray.train
     import ray.train.torch
@@ -157,34 +171,35 @@ def train_loop(config: dict) -> None:
     from biocap_ray.train.tracking import RankZeroTracker
     from biocap_ray.train.validation import validate
 
-    cfg = Config.model_validate(config["cfg"])
+    args: LoopArgs = config["args"]
+    cfg = Config.model_validate(args.cfg)
     t = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    model, _, _, _ = build_model(t.model, t.pretrained, t.dual_projector, t.grad_checkpointing)
+    model, _ = build_model(t.model, t.pretrained, t.dual_projector, t.grad_checkpointing)
     model.train()
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     unwrapped: BioCAPModel = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(param_groups(unwrapped, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps)
-    total_steps = config["total_steps"]
+    total_steps = args.total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(t.warmup_steps, total_steps))
     state = _restore(unwrapped, optimizer, scheduler)
     loss_fn = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
     scaler = torch.amp.GradScaler(enabled=t.precision == "fp16" and device.type == "cuda")
-    tracker = RankZeroTracker(cfg, config["run_name"], config["tracking_uri"], state.get("mlflow_run_id"), rank,
-                              parent_run_id=config.get("parent_run_id"))
-    classes = config.get("val_classes")
+    tracker = RankZeroTracker(cfg, args.run_name, args.tracking_uri, state.get("mlflow_run_id"), rank,
+                              parent_run_id=args.parent_run_id)
+    classes = args.val_classes
     val_shard = ray.train.get_dataset_shard("val") if classes else None
     best_val = state.get("best_val")
 
     step = start = state["step"]
     restored_from = state["step"] if state["restored"] else -1
-    per_epoch = config["steps_per_epoch"]
+    per_epoch = args.steps_per_epoch
     # one stream for the rest of the run, its data plan already starting at this step (train.order)
-    batches = ray.train.get_dataset_shard("train").iter_torch_batches(device=device, **batch_options(cfg, rank, start))
+    batches = ray.train.get_dataset_shard("train").iter_torch_batches(device=device, **batch_options(t, rank, start))
     micro: list[dict] = []  # this step's micro-batches (train.grad_accum_steps of them)
     window = {"samples": 0, "captioned": 0, "data_s": 0.0, "compute_s": 0.0, "start": time.perf_counter()}
     losses: dict[str, float] = {}
@@ -235,7 +250,7 @@ def train_loop(config: dict) -> None:
                 metrics = {**(metrics or {"step": step, "restored_from_step": restored_from}), **val}
                 if best_val is None or val.get(VAL_METRIC, 0) > best_val:
                     best_val = val.get(VAL_METRIC, 0)
-                    tracker.export(unwrapped, storage.join(config["export_uri"], "best"),
+                    tracker.export(unwrapped, storage.join(args.export_uri, "best"),
                                    {"best_step": step, f"best_{VAL_METRIC}": best_val})
             # Ray Train reports synchronise all workers (seconds each): only with checkpoints;
             # per-step metrics go straight to MLflow from rank 0.
@@ -246,5 +261,5 @@ def train_loop(config: dict) -> None:
         wait_start = time.perf_counter()
     if step < total_steps:
         raise RuntimeError(f"the data ran out at step {step} of {total_steps}: fewer records than planned")
-    tracker.finish(unwrapped, config["export_uri"])
+    tracker.finish(unwrapped, args.export_uri)
 

@@ -31,9 +31,9 @@ def epoch_permutation(n_units: int, seed: int, epoch: int) -> np.ndarray:
 
 def _split_counts(batch: pa.Table, fraction: float) -> pa.Table:
     """Per unit (``path``), how many of this batch's uids are in the training split."""
-    from biocap_ray.train.ingest import _split_rows
+    from biocap_ray.data.split import split_rows
 
-    rows = _split_rows(batch, fraction, held_out=False) if fraction else batch
+    rows = split_rows(batch, fraction, held_out=False) if fraction else batch
     return rows.group_by("path").aggregate([("uid", "count")]).rename_columns(["path", "records"])
 
 
@@ -48,7 +48,7 @@ def unit_counts(src: str, cfg, cache_dir: str) -> tuple[list[str], list[int]]:
 
     from biocap_ray.data.readers import detect_format
     from biocap_ray.data.shard_reader import ShardSource
-    from biocap_ray.train.ingest import is_held_out
+    from biocap_ray.data.split import is_held_out
 
     fraction = 0.0 if cfg.train.val_data else cfg.train.val_fraction
     fmt = detect_format(src)

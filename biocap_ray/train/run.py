@@ -9,21 +9,20 @@ from __future__ import annotations
 import logging
 
 from biocap_ray import storage
-from biocap_ray.config import Config
+from biocap_ray.config import Config, TrainConfig
 from biocap_ray.data.pacing import paced
+from biocap_ray.models.checkpoints import LABEL_FILE
 from biocap_ray.tracking import default_tracking_uri
-from biocap_ray.train.export import LABEL_FILE
 from biocap_ray.train.ingest import training_dataset
-from biocap_ray.train.loop import VAL_METRIC, train_loop
+from biocap_ray.train.loop import VAL_METRIC, LoopArgs, train_loop
 from biocap_ray.train.order import plan, unit_counts
 from biocap_ray.train.validation import validation_classes, validation_dataset
 
 log = logging.getLogger(__name__)
 
 
-def plan_steps(num_records: int, cfg: Config) -> tuple[int, int]:
+def plan_steps(num_records: int, t: TrainConfig) -> tuple[int, int]:
     """(steps per epoch, total optimizer steps); each worker drops its last partial batch."""
-    t = cfg.train
     per_epoch = num_records // t.num_workers // t.batch_size // t.grad_accum_steps
     if per_epoch == 0:
         raise ValueError(
@@ -74,7 +73,7 @@ def train(src: str, out: str, cfg: Config, run_name: str = "biocap", *, parent_r
     storage.makedirs(runs)
     units, counts = unit_counts(src, cfg, runs)
     num = sum(counts)  # records in the training split
-    per_epoch, total = plan_steps(num, cfg)
+    per_epoch, total = plan_steps(num, cfg.train)
     classes = validation_classes(src, cfg) if t.val_data or t.val_fraction else None
     tracking_uri = t.mlflow_tracking_uri or default_tracking_uri(out)
     export_uri = storage.join(out, "export", run_name)
@@ -95,9 +94,10 @@ def train(src: str, out: str, cfg: Config, run_name: str = "biocap", *, parent_r
             datasets["val"] = paced(validation_dataset(src, cfg, classes))
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": run_name, "total_steps": total,
-                               "steps_per_epoch": per_epoch, "tracking_uri": tracking_uri, "export_uri": export_uri,
-                               "val_classes": classes, "parent_run_id": parent_run_id},
+            train_loop_config={"args": LoopArgs(cfg=cfg.model_dump(mode="json"), run_name=run_name, total_steps=total,
+                                                steps_per_epoch=per_epoch, tracking_uri=tracking_uri,
+                                                export_uri=export_uri, val_classes=classes,
+                                                parent_run_id=parent_run_id)},
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker={"CPU": t.cpus_per_worker},
                                          accelerator_type=t.accelerator_type),

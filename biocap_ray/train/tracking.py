@@ -50,7 +50,7 @@ class RankZeroTracker:
             return
         import mlflow
 
-        from biocap_ray.train.export import export
+        from biocap_ray.models.checkpoints import export
 
         folder = export_uri.rstrip("/").rsplit("/", 1)[-1]
         with tempfile.TemporaryDirectory() as d:

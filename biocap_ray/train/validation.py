@@ -15,11 +15,9 @@ import torch
 from biocap_ray.data.images import ImageError, load_rgb
 from biocap_ray.evaluate.classes import ClassSet, truth_taxon
 from biocap_ray.evaluate.embed import zero_shot_weights
-from biocap_ray.evaluate.metrics import zero_shot_metrics
-from biocap_ray.evaluate.run import label_rows, read_split, taxonomy_rows
-from biocap_ray.train.ingest import image_size, tools_for
-
-TOPK = (1, 3, 5)
+from biocap_ray.evaluate.metrics import TOPK, zero_shot_metrics
+from biocap_ray.evaluate.records import label_rows, read_split, taxonomy_rows
+from biocap_ray.models.clip import image_size, tools_for
 
 
 def validation_rows(batch: pa.Table, model: str, max_pixels: int, classes: ClassSet, rank: str) -> dict:
@@ -44,7 +42,7 @@ def validation_rows(batch: pa.Table, model: str, max_pixels: int, classes: Class
 def validation_dataset(src: str, cfg, classes: ClassSet):
     """``train.val_data``, else the uids of ``src`` that ``train.val_fraction`` holds out."""
     t, e = cfg.train, cfg.evaluate
-    ds = read_split(t.val_data or src, cfg, None if t.val_data else t.val_fraction)
+    ds = read_split(t.val_data or src, cfg.data, None if t.val_data else t.val_fraction)
     return ds.map_batches(
         validation_rows,
         fn_kwargs={"model": t.model, "max_pixels": cfg.data.max_image_pixels, "classes": classes, "rank": e.rank},
@@ -55,7 +53,7 @@ def validation_dataset(src: str, cfg, classes: ClassSet):
 def validation_classes(src: str, cfg) -> ClassSet:
     """Candidate classes: the taxa of the validation records (plus ``evaluate.taxonomy_uri``)."""
     t, e = cfg.train, cfg.evaluate
-    rows = label_rows(t.val_data or src, cfg, None if t.val_data else t.val_fraction)
+    rows = label_rows(t.val_data or src, cfg.data, None if t.val_data else t.val_fraction)
     if not rows:
         raise ValueError(f"the validation split of {src} is empty: raise train.val_fraction or set train.val_data")
     return ClassSet.build(rows, e.text_type, e.rank, extra=taxonomy_rows(e.taxonomy_uri))

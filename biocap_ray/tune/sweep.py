@@ -12,9 +12,9 @@ import math
 import tempfile
 
 from biocap_ray import storage
-from biocap_ray.config import Config
+from biocap_ray.config import Config, TrainConfig, TuneConfig
 from biocap_ray.data.taxonomy import RANKS
-from biocap_ray.evaluate.report import png, subplots
+from biocap_ray.plots import png, subplots
 from biocap_ray.tracking import default_tracking_uri, flatten, use_experiment
 from biocap_ray.train.order import unit_counts
 from biocap_ray.tune.space import concurrent_trials, param_space, scheduler, search_algorithm, trial_config
@@ -112,17 +112,16 @@ def sweep(src: str, out: str, cfg: Config, name: str = "sweep") -> dict:
     grid = tuner.fit()
     if grid.errors and len(grid.errors) == len(grid):
         raise RuntimeError(f"every trial of sweep {name} failed; the first: {grid.errors[0]}")
-    rows = results_table(grid, cfg, parent, tracking_uri)
+    rows = results_table(grid, cfg.tune, parent, tracking_uri)
     summary = log_results(rows, cfg, parent, out, name)
     return {"sweep": name, "trials": len(rows), "failed_trials": len(grid.errors), **summary, "mlflow_tracking_uri": storage.redact(tracking_uri),
             "mlflow_parent_run": parent}
 
 
-def results_table(grid, cfg: Config, parent: str, tracking_uri: str) -> list[dict]:
+def results_table(grid, tn: TuneConfig, parent: str, tracking_uri: str) -> list[dict]:
     """One row per trial: its parameters, how it ended, and its metrics at its best report."""
     import mlflow
 
-    tn = cfg.tune
     mlflow.set_tracking_uri(tracking_uri)
     children = {r.data.tags.get("biocap_run"): r for r in _child_runs(parent, tn.experiment)}
     rows = []
@@ -165,7 +164,7 @@ def log_results(rows: list[dict], cfg: Config, parent: str, out: str, name: str)
     tn = cfg.tune
     table = pd.DataFrame(rows)
     files = {f"{name}-results.csv": table.to_csv(index=False).encode(),
-             f"{name}-accuracy.png": plot_accuracy(rows, cfg)}
+             f"{name}-accuracy.png": plot_accuracy(rows, cfg.train)}
     for fname, data in files.items():
         storage.write_bytes(storage.join(out, fname), data)
     scored = [r for r in rows if tn.metric in r]
@@ -186,14 +185,14 @@ def log_results(rows: list[dict], cfg: Config, parent: str, out: str, name: str)
             "results": storage.redact(storage.join(out, f"{name}-results.csv"))}
 
 
-def plot_accuracy(rows: list[dict], cfg: Config) -> bytes:
+def plot_accuracy(rows: list[dict], t: TrainConfig) -> bytes:
     """Top-1 (and accuracy at every rank) against the caption weighting, one line per mode."""
     keys = [k for k in ("val_top1", *(f"val_acc_{r}" for r in RANKS)) if any(k in r for r in rows)]
     fig, ax = subplots(figsize=(7, 4))
-    for mode in sorted({str(r.get("train.mode") or cfg.train.mode) for r in rows}):
-        mine = sorted((r for r in rows if str(r.get("train.mode") or cfg.train.mode) == mode),
-                      key=lambda r: r.get("train.caption_weight", cfg.train.caption_weight))
-        x = [r.get("train.caption_weight", cfg.train.caption_weight) for r in mine]
+    for mode in sorted({str(r.get("train.mode") or t.mode) for r in rows}):
+        mine = sorted((r for r in rows if str(r.get("train.mode") or t.mode) == mode),
+                      key=lambda r: r.get("train.caption_weight", t.caption_weight))
+        x = [r.get("train.caption_weight", t.caption_weight) for r in mine]
         for key in keys:
             ax.plot(x, [100 * r.get(key, float("nan")) for r in mine], marker="o",
                     label=f"{key.removeprefix('val_')} ({mode})", linewidth=2.5 if key == "val_top1" else 1)

@@ -9,7 +9,8 @@ import pyarrow as pa
 
 from biocap_ray.config import load_config
 from biocap_ray.context import ContextLookup
-from biocap_ray.context.build import build_wikipedia_context, import_context
+from biocap_ray.context.fetch import build_wikipedia_context
+from biocap_ray.context.offline import import_context
 from biocap_ray.context.table import read_context
 
 SPECIES_CSV = (
@@ -74,7 +75,8 @@ def test_fetch_job_resumes_and_rerun_fetches_nothing(ray_context, fake_wiki, tmp
     records = ray_context.data.from_arrow(pa.table({
         "uid": ["1", "2"], "kingdom": ["Animalia", "Animalia"], "class": ["Mammalia", "Aves"],
         "family": ["Felidae", "Sulidae"], "genus": ["Puma", "Morus"], "species": ["concolor", "bassanus"]}))
-    out = records.map_batches(lookup.annotate, batch_format="pyarrow", num_cpus=0.25).take_all()
+    # as the caption stage's prepare tasks use it: pickled into Ray tasks, one lookup per record
+    out = records.map(lambda r: {**r, "context_level": lookup.lookup(r).text_level}, num_cpus=0.25).take_all()
     assert sorted(r["context_level"] for r in out) == ["genus", "species"]
 
 

@@ -91,11 +91,10 @@ def test_lookup_levels_and_homonyms():
     assert len({cougar.hash, plant.hash, gannet.hash, none.hash}) == 4 and len(cougar.hash) == 12
 
 
-def test_lookup_pickles_and_annotates_batches():
+def test_lookup_pickles_for_the_prepare_tasks():
     lookup = pickle.loads(pickle.dumps(_lookup()))
-    batch = pa.table({"uid": ["1", "2"], "kingdom": ["Animalia", "Plantae"], "class": ["Mammalia", None],
-                      "genus": ["Puma", "Morus"], "species": ["concolor", None]})
-    out = lookup.annotate(batch)
-    assert out.column("context_level").to_pylist() == ["species", "genus"]
-    assert out.column("examples_level").to_pylist() == ["class", "default"]
-    assert out.column("uid").to_pylist() == ["1", "2"]
+    found = [lookup.lookup(r) for r in ({"uid": "1", "kingdom": "Animalia", "class": "Mammalia", "genus": "Puma",
+                                         "species": "concolor"},
+                                        {"uid": "2", "kingdom": "Plantae", "class": None, "genus": "Morus"})]
+    assert [c.text_level for c in found] == ["species", "genus"]
+    assert [c.examples_level for c in found] == ["class", "default"]

@@ -1,4 +1,11 @@
-"""Which model to evaluate: any open_clip checkpoint, a BioCAP export, or a training checkpoint.
+"""A BioCAP model's files, written and read: exports, training state, any open_clip checkpoint.
+
+Exports are plain open_clip checkpoints that ``open_clip.create_model_and_transforms(name,
+pretrained=path)`` loads. ``open_clip_label.safetensors`` carries the label (taxonomic)
+projector, the one zero-shot species classification uses, so it is the model's main export.
+With the dual projector, ``open_clip_caption.safetensors`` carries the caption projector and
+temperature instead, for caption retrieval. The training state (optimizer, scheduler, step)
+stays in the Ray Train checkpoints (``state.pt``) for resuming.
 
 A spec names the open_clip architecture and its weights, optionally with a display name:
 ``[name=]ARCH[:WEIGHTS]`` — e.g. ``clip=ViT-B-16:/models/openai.pt``,
@@ -15,8 +22,25 @@ from dataclasses import dataclass
 import torch
 
 from biocap_ray import storage
-from biocap_ray.train.export import CAPTION_FILE, LABEL_FILE, STATE_FILE
-from biocap_ray.train.model import BioCAPModel, build_model
+from biocap_ray.models.clip import BioCAPModel, build_model
+
+STATE_FILE = "state.pt"  # the full training state inside each Ray Train checkpoint
+LABEL_FILE = "open_clip_label.safetensors"
+CAPTION_FILE = "open_clip_caption.safetensors"
+
+
+def export(model: BioCAPModel, folder: str) -> list[str]:
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    files = [(LABEL_FILE, "label")] + ([(CAPTION_FILE, "caption")] if model.dual_projector else [])
+    paths = []
+    for name, projector in files:
+        state = {k: v.contiguous() for k, v in model.open_clip_state_dict(projector).items()}
+        path = os.path.join(folder, name)
+        save_file(state, path)
+        paths.append(path)
+    return paths
 
 
 @dataclass(frozen=True)
@@ -46,7 +70,7 @@ class ModelSpec:
 
 def load_model(spec: ModelSpec, seed: int = 0) -> tuple[BioCAPModel, object]:
     """(model in eval mode, open_clip tokenizer). Random weights are seeded, so runs repeat."""
-    from biocap_ray.caption.prepare import resolve_model
+    from biocap_ray.models.download import resolve_model
 
     weights = resolve_model(spec.weights) if spec.weights else None
     if weights and os.path.isdir(weights):
@@ -61,7 +85,7 @@ def load_model(spec: ModelSpec, seed: int = 0) -> tuple[BioCAPModel, object]:
             )
     else:
         torch.manual_seed(seed)
-        model, _, _, tokenizer = build_model(spec.arch, weights, dual_projector=False)
+        model, tokenizer = build_model(spec.arch, weights, dual_projector=False)
     return model.eval(), tokenizer
 
 
@@ -70,7 +94,7 @@ def _from_export(arch: str, folder: str):
 
     caption = os.path.join(folder, CAPTION_FILE)
     dual = os.path.exists(caption)
-    model, _, _, tokenizer = build_model(arch, os.path.join(folder, LABEL_FILE), dual_projector=dual)
+    model, tokenizer = build_model(arch, os.path.join(folder, LABEL_FILE), dual_projector=dual)
     if dual:
         state = load_file(caption)
         with torch.no_grad():
@@ -81,6 +105,6 @@ def _from_export(arch: str, folder: str):
 
 def _from_training_state(arch: str, path: str):
     state = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    model, _, _, tokenizer = build_model(arch, None, dual_projector="caption_proj" in state)
+    model, tokenizer = build_model(arch, None, dual_projector="caption_proj" in state)
     model.load_state_dict(state)
     return model, tokenizer

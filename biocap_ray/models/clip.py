@@ -1,4 +1,5 @@
-"""The BioCAP model by composition over an unmodified open_clip CLIP.
+"""The BioCAP model by composition over an unmodified open_clip CLIP, and the preprocessing
+(image transform, tokenizer) that every stage feeding it uses.
 
 The image tower's projection is taken out of the tower and held here twice: the label
 projector (the original) and the caption projector (a copy), each with its own learnable
@@ -9,6 +10,7 @@ Exporting puts the label projector back, so the file is a plain open_clip checkp
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +26,7 @@ def register_model_configs() -> None:
     if not _REGISTERED:
         import open_clip
 
-        open_clip.add_model_config(Path(str(resources.files("biocap_ray.train") / "model_configs")))
+        open_clip.add_model_config(Path(str(resources.files("biocap_ray.models") / "model_configs")))
         _REGISTERED = True
 
 
@@ -86,18 +88,50 @@ class BioCAPModel(nn.Module):
 
 def build_model(name: str, pretrained: str | None, dual_projector: bool = True,
                 grad_checkpointing: bool = False):
-    """(model, train transform, eval transform, tokenizer) from an open_clip name and weights.
+    """(model, tokenizer) from an open_clip name and weights; images go through
+    :func:`tools_for`'s transforms.
 
     ``pretrained``: a local or s3:// open_clip checkpoint (.safetensors preferred; .pt/.bin are
     loaded with ``weights_only``), or None for random initialisation.
     """
     import open_clip
 
-    from biocap_ray.caption.prepare import resolve_model
+    from biocap_ray.models.download import resolve_model
 
     register_model_configs()
     weights = resolve_model(pretrained) if pretrained else None
-    clip, train_tf, eval_tf = open_clip.create_model_and_transforms(name, pretrained=weights, weights_only=True)
+    clip = open_clip.create_model(name, pretrained=weights, weights_only=True)
     if grad_checkpointing:
         clip.set_grad_checkpointing(True)
-    return BioCAPModel(clip, dual_projector), train_tf, eval_tf, open_clip.get_tokenizer(name)
+    return BioCAPModel(clip, dual_projector), open_clip.get_tokenizer(name)
+
+
+def _model_config(model: str) -> dict:
+    import open_clip
+
+    register_model_configs()
+    cfg = open_clip.get_model_config(model)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip model {model!r}")
+    return cfg
+
+
+@functools.lru_cache(maxsize=8)
+def image_size(model: str) -> int:
+    size = _model_config(model)["vision_cfg"]["image_size"]
+    return size if isinstance(size, int) else size[0]
+
+
+@functools.lru_cache(maxsize=2)
+def tools_for(model: str, is_train: bool):
+    """(image transform, tokenizer) of an open_clip architecture, cached per process: the one
+    source of preprocessing for training, validation and evaluation. The transform follows the
+    architecture's own preprocessing config (size, mean/std, interpolation, resize mode), as
+    ``open_clip.create_model_and_transforms`` would, without building the model."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    cfg = _model_config(model)
+    pp = PreprocessCfg(**merge_preprocess_dict(cfg.get("preprocess_cfg", {}),
+                                               {"size": cfg["vision_cfg"]["image_size"]}))
+    return image_transform_v2(pp, is_train=is_train), open_clip.get_tokenizer(model)

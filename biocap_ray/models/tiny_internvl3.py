@@ -1,6 +1,6 @@
 """A tiny, randomly initialised InternVL3 (Hugging Face format) saved to a folder, for tests.
 
-Like ``tiny_model.build_tiny_qwen2_vl``: no model hub on CI, so the InternVL loading paths
+Like ``tiny_qwen2_vl.build_tiny_qwen2_vl``: no model hub on CI, so the InternVL loading paths
 (transformers' ``InternVLForConditionalGeneration``, vLLM's ``InternVLForConditionalGeneration``
 entry) are exercised on the real architecture with random weights: an InternViT-style vision
 tower, pixel-shuffle projector and a Qwen2 text model, a byte-level BPE tokenizer trained
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biocap_ray.caption.tiny_model import bpe_tokenizer, save_random
+from biocap_ray.models.tiny_qwen2_vl import bpe_tokenizer, save_random
 
 # <|endoftext|> first: it is the pad token and takes id 0 like the Qwen2-VL builder's.
 SPECIAL_TOKENS = [
