@@ -139,6 +139,12 @@ class CaptionConfig(_Strict):
             if not 1 <= value[0] <= value[1]:
                 raise ValueError(f"{list(value)}: need 1 <= min <= max engines")
         return value
+
+    @model_validator(mode="after")
+    def _retry_needs_attempts(self) -> CaptionConfig:
+        if self.qc_action == "retry" and self.max_attempts < 2:
+            raise ValueError("qc_action=retry regenerates failing captions: set caption.max_attempts to 2 or more")
+        return self
     engine_max_restarts: int = Field(default=3, ge=0, description="restarts of a crashed engine actor")
     engine_env: dict[str, str] = Field(
         default_factory=dict, description="environment of engine actors, e.g. VLLM_CPU_KVCACHE_SPACE on CPU"

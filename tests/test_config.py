@@ -59,3 +59,9 @@ def test_a_caption_pool_is_always_read_as_min_and_max(value, pool):
 def test_an_empty_or_inverted_caption_pool_is_refused_when_loaded(value):
     with pytest.raises(ConfigError, match="caption.concurrency"):
         load_config("local", [f"caption.concurrency={value}"])
+
+
+def test_a_retry_without_a_second_attempt_is_refused_when_loaded():
+    with pytest.raises(ConfigError, match="max_attempts"):
+        load_config("local", ["caption.qc_action=retry", "caption.max_attempts=1"])
+    assert load_config("local", ["caption.qc_action=retry", "caption.max_attempts=2"]).caption.max_attempts == 2

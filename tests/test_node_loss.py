@@ -34,21 +34,20 @@ def test_training_resumes_from_its_last_checkpoint_when_its_node_is_replaced(tmp
     assert sorted(set(result["loss_steps"])) == list(range(1, 9))  # no step missing in MLflow
 
 
-def test_the_caption_pool_grows_onto_a_new_node_and_outlives_losing_one(tmp_path):
+def test_captioning_outlives_losing_a_caption_node_mid_run(tmp_path):
     from biocap_ray.caption import outputs
 
     src = sample_subset(tmp_path / "data", 96)
     dst = tmp_path / "captions"
     result = run("caption-node-lost", str(src), str(dst))
-    (added, _, before), (removed, _, at_removal), (replaced, _, _), (finished, _, _) = result["events"]
-    assert (added, replaced, finished) == ("caption-b added", "caption-c added", "finished")
-    assert before == {"caption-a": 1}  # one engine, on the only caption node
-    assert at_removal.get("caption-b") == 1, "the pool did not grow onto the second node"
-    parts_before = int(removed.split()[-2])
-    assert 0 < parts_before < 96 // 4, "the node went away outside the run: nothing was tested"
+    story = f"events {result['events']}; (s, parts, engines placed) every 2 s: {result['timeline']}"
+    assert [e[0].split(" after")[0] for e in result["events"]] == [
+        "caption-a removed", "caption-c added", "finished"], story
+    parts_before = int(result["events"][0][0].split()[-2])
+    assert 0 < parts_before < 96 // 4, f"the node went away outside the run: nothing was tested; {story}"
     rows = outputs.read_parts(str(dst), ["uid", "error"]).to_pylist()
     assert sorted(r["uid"] for r in rows) == sorted(p.stem for p in (src / "images").glob("*.jpg"))  # each once
     assert result["errors"] == 0 and not any(r["error"] for r in rows)  # the loss made no error rows
     # the batch the lost engine held was handed to an engine again; the lost actor restarted
     # on the replacement node
-    assert result["rows_retried"] > 0 and result["engine_starts"] >= 3
+    assert result["rows_retried"] > 0 and result["engine_starts"] >= 3, story

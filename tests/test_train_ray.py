@@ -211,6 +211,6 @@ def test_the_ingest_is_one_operator(capsys, actors, operator, decode):
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     operators = [line.strip("+- ") for line in optimized.splitlines() if "[" in line]
     assert len(operators) == 2 and operators[1] == "InputDataBuffer[Input]", optimized
-    assert operators[0].startswith(operator + "[") and "_split_rows" in operators[0], optimized
+    assert operators[0].startswith(operator + "[") and "split_rows" in operators[0], optimized
     assert operators[0].endswith(f"MapBatches({decode})]"), optimized
 
