@@ -1,7 +1,7 @@
 """Scenarios on a local multi-node Ray cluster (``ray.cluster_utils.Cluster``: a head and worker
 nodes as separate raylets on this machine), each run in its own process so that the test
 session's single-node Ray is untouched. Usage: ``python tests/multinode.py SCENARIO ARGS...``;
-the last stdout line is a JSON object of what happened.
+its report is the stdout line that starts with ``scenario report:``, a JSON object of what happened.
 
 Scenarios:
 - ``cli ARGS... [+ ARGS...]``: ``biocap-ray ARGS`` (one command after the other, separated by
@@ -10,9 +10,10 @@ Scenarios:
 - ``ingest-node-lost SRC DST``: ingest on two CPU nodes; one is removed abruptly once the first
   shard is written; the ingest finishes on the other node.
 - ``train-node-lost SRC OUT``: the train node is removed after the second checkpoint and replaced.
-- ``caption-node-lost SRC DST``: captioning with two engines on two caption nodes; the first node
-  is removed abruptly while its engine works, the run goes on on the second, and a replacement
-  node joins (as the autoscaler brings one up for the lost engine), where its batches rerun.
+- ``caption-node-lost SRC DST``: a pool of one to two engines starts on one caption node and grows
+  onto a second when it joins; the first node is then removed abruptly while its engine works,
+  the run goes on on the second, and a replacement node joins (as the autoscaler brings one up
+  for the lost engine), where its batches rerun.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPORT = "scenario report: "
 
 
 def run(scenario: str, *args: str, cwd: Path | None = None, timeout: float = 900) -> dict:
@@ -40,7 +42,9 @@ def run(scenario: str, *args: str, cwd: Path | None = None, timeout: float = 900
         out, err = proc.communicate()
         raise AssertionError(f"{scenario} ran past {timeout:.0f} s:\n{(out + err)[-5000:]}") from None
     assert proc.returncode == 0, (out + err)[-5000:]
-    return json.loads(out.strip().splitlines()[-1])
+    reports = [line for line in out.splitlines() if line.startswith(REPORT)]
+    assert reports, f"{scenario} printed no report:\n{(out + err)[-5000:]}"  # other output may follow it
+    return json.loads(reports[-1][len(REPORT):])
 
 
 _STARTED: list = []
@@ -176,57 +180,68 @@ def train_node_lost(src: str, out: str) -> dict:
 
 
 def caption_node_lost(src: str, dst: str) -> dict:
-    """Two engines on two caption nodes; once captions are being written and both engines are
-    placed, the first node is removed abruptly, the run goes on on the second, and 10 s later a
-    replacement node joins (as the autoscaler brings one up for the lost engine)."""
+    """A caption pool configured as a range of one to two engines, one engine per caption node.
+    The run starts on one caption node; a second joins once captions are being written, and the
+    pool grows onto it. Once both engines work, the first node is removed abruptly, the run goes
+    on on the second, and 10 s later a replacement node joins (as the autoscaler brings one up
+    for the lost engine), where the lost engine restarts and its batches rerun."""
     import ray
 
     from biocap_ray.caption.run import caption
     from biocap_ray.config import load_config
 
     # two CPUs per caption node, as Ray Data schedules an engine only within its CPU budget
-    # (the real node has 4 to 8)
-    caption_node = {**CLUSTER_YAML_TYPES["caption_gpu"], "num_cpus": 2}
-    cluster, nodes = _cluster({"cpu_worker": CLUSTER_YAML_TYPES["cpu_worker"], "caption-a": caption_node,
-                               "caption-b": caption_node})
+    # (the real node has 4 to 8); one engine per node, as on a g6e.xlarge: each node declares one
+    # GPU, which the engine asks for (no CUDA here, so it computes on the CPU)
+    caption_node = {**CLUSTER_YAML_TYPES["caption_gpu"], "num_cpus": 2, "num_gpus": 1}
+    cluster, nodes = _cluster({"cpu_worker": CLUSTER_YAML_TYPES["cpu_worker"], "caption-a": caption_node})
     # the transformers engine: the pool and its losses are Ray Data's whatever the engine, and a
     # vLLM engine takes 45-90 s to start on a 2-core machine
     cfg = load_config("local", ["caption.engine=transformers", "caption.accelerator_type=L40S",
-                                "caption.concurrency=2", "caption.batch_size=2", "caption.rows_per_file=4",
-                                "caption.sampling.max_tokens=128", "caption.page_rows=0", "data.batch_size=4"])
+                                "caption.concurrency=[1,2]", "caption.num_gpus_per_engine=1", "caption.batch_size=2",
+                                "caption.rows_per_file=4", "caption.sampling.max_tokens=128", "caption.page_rows=0",
+                                "data.batch_size=4"])
     events: list[tuple[str, float]] = []
     t0 = time.monotonic()
 
     def log_event(name: str) -> None:
         events.append((name, round(time.monotonic() - t0, 1)))
 
-    def engines_placed() -> int:  # an engine asks for 0.001 of its node's accelerator_type resource
-        free = ray.available_resources().get("accelerator_type:L40S", 0)
-        return round((ray.cluster_resources().get("accelerator_type:L40S", 0) - free) / 0.001)
+    def parts() -> int:
+        return len(list(Path(dst).glob("part-*.parquet")))
+
+    def engines_placed() -> int:  # an engine holds its node's one GPU
+        return round(ray.cluster_resources().get("GPU", 0) - ray.available_resources().get("GPU", 0))
+
+    def add_second():
+        nodes["caption-b"] = cluster.add_node(**caption_node)
+        log_event("caption-b added")
+
+    at_removal: dict[str, int] = {}
 
     def remove_first():
-        written = len(list(Path(dst).glob("part-*.parquet")))
+        at_removal.update(parts=parts(), engines=engines_placed())
         cluster.remove_node(nodes["caption-a"], allow_graceful=False)
-        log_event(f"caption-a removed after {written} parts")
+        log_event("caption-a removed")
         time.sleep(10)  # the run goes on on caption-b alone, until the autoscaler's replacement
         nodes["caption-c"] = cluster.add_node(**caption_node)
         log_event("caption-c added")
 
     # asked of the GCS (the state API lags on a busy machine)
-    lost = _when(lambda: any(Path(dst).glob("part-*.parquet")) and engines_placed() >= 2, remove_first,
-                 timeout_s=600, every_s=0.2)
+    grown = _when(lambda: parts() > 0, add_second, timeout_s=600, every_s=0.2)
+    lost = _when(lambda: "caption-b" in nodes and engines_placed() >= 2, remove_first, timeout_s=600, every_s=0.2)
     timeline: list[tuple[float, int, int]] = []  # (s, parts written, engines placed): why, if it fails
 
     def sample() -> bool:
-        timeline.append((round(time.monotonic() - t0), len(list(Path(dst).glob("part-*"))), engines_placed()))
+        timeline.append((round(time.monotonic() - t0), parts(), engines_placed()))
         return bool(events) and events[-1][0] == "finished"
 
     sampler = _when(sample, lambda: None, timeout_s=900, every_s=2.0)
     summary = caption(src, dst, cfg)
     log_event("finished")
-    lost.join(timeout=5)
-    sampler.join(timeout=5)
-    return {**summary, "events": events, "timeline": timeline}
+    for thread in (grown, lost, sampler):
+        thread.join(timeout=5)
+    return {**summary, "events": events, "at_removal": at_removal, "timeline": timeline}
 
 
 SCENARIOS = {"cli": cli, "ingest-node-lost": ingest_node_lost, "train-node-lost": train_node_lost,
@@ -234,7 +249,7 @@ SCENARIOS = {"cli": cli, "ingest-node-lost": ingest_node_lost, "train-node-lost"
 
 if __name__ == "__main__":
     try:
-        print(json.dumps(SCENARIOS[sys.argv[1]](*sys.argv[2:])), flush=True)
+        print(REPORT + json.dumps(SCENARIOS[sys.argv[1]](*sys.argv[2:])), flush=True)
     finally:
         import ray
 

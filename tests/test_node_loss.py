@@ -34,17 +34,20 @@ def test_training_resumes_from_its_last_checkpoint_when_its_node_is_replaced(tmp
     assert sorted(set(result["loss_steps"])) == list(range(1, 9))  # no step missing in MLflow
 
 
-def test_captioning_outlives_losing_a_caption_node_mid_run(tmp_path):
+def test_a_caption_pool_grows_onto_a_joining_node_and_outlives_losing_one(tmp_path):
     from biocap_ray.caption import outputs
 
     src = sample_subset(tmp_path / "data", 96)
     dst = tmp_path / "captions"
     result = run("caption-node-lost", str(src), str(dst))
-    story = f"events {result['events']}; (s, parts, engines placed) every 2 s: {result['timeline']}"
-    assert [e[0].split(" after")[0] for e in result["events"]] == [
-        "caption-a removed", "caption-c added", "finished"], story
-    parts_before = int(result["events"][0][0].split()[-2])
-    assert 0 < parts_before < 96 // 4, f"the node went away outside the run: nothing was tested; {story}"
+    story = (f"events {result['events']}; at the removal {result['at_removal']}; "
+             f"(s, parts, engines placed) every 2 s: {result['timeline']}")
+    assert [name for name, _ in result["events"]] == [
+        "caption-b added", "caption-a removed", "caption-c added", "finished"], story
+    # the node went away while both engines worked: the range's low end on one node had grown to
+    # its high end once a second node joined
+    assert result["at_removal"]["engines"] == 2, story
+    assert 0 < result["at_removal"]["parts"] < 96 // 4, f"the node went away outside the run: {story}"
     rows = outputs.read_parts(str(dst), ["uid", "error"]).to_pylist()
     assert sorted(r["uid"] for r in rows) == sorted(p.stem for p in (src / "images").glob("*.jpg"))  # each once
     assert result["errors"] == 0 and not any(r["error"] for r in rows)  # the loss made no error rows
