@@ -1,6 +1,6 @@
-"""Ingest throughput: Ray Data (read shards → decode → resize to 224 px) against a plain
-single-process PIL loop over the same shards, in one run; plus peak memory at two sizes
-to show the Ray pipeline streams rather than materialises.
+"""Ingest throughput: Ray Data (read shards → records → decode → resize to 224 px) against a plain
+single-process PIL loop over the same shards, in one run; peak memory at two sizes to show the
+Ray pipeline streams rather than materialises; and where each one's time went.
 
     .venv/bin/python benchmarks/ingest.py --images 20000
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import tarfile
 import threading
@@ -70,37 +71,71 @@ class PeakMemory:
         self._t.join()
 
 
-def _decode_batch(batch: dict, size: int, max_pixels: int) -> dict:
-    pixels = np.stack([np.asarray(load_rgb(b, max_pixels, size)) for b in batch["image"]])
-    return {"uid": batch["uid"], "pixels": pixels}
+def _decode_blocks(block: dict, size: int, max_pixels: int, chunk: int):
+    """Whole blocks in (so that the decode fuses with the read), batches of ``chunk`` out."""
+    for i in range(0, len(block["uid"]), chunk):
+        pixels = np.stack([np.asarray(load_rgb(b, max_pixels, size)) for b in block["image"][i:i + chunk]])
+        yield {"uid": block["uid"][i:i + chunk], "pixels": pixels}
 
 
-def ray_pipeline(folder: Path, cfg) -> tuple[int, float, float]:
-    ds = read_records(str(folder), cfg, "webdataset").select_columns(["uid", "image"])
-    ds = ds.map_batches(
-        _decode_batch, fn_kwargs={"size": SIZE, "max_pixels": cfg.max_image_pixels},
-        batch_size=cfg.batch_size, num_cpus=cfg.num_cpus_per_task, batch_format="numpy",
+def _seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"([0-9.]+)(us|ms|s|min)", value).groups()
+    return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}[unit]
+
+
+def operator_seconds(stats: str) -> list[tuple[str, int, float, float]]:
+    """(operator, tasks, CPU seconds, wall seconds) of each operator, from ``Dataset.stats()``."""
+    rows = []
+    for block in re.split(r"\n(?=Operator \d+ )", stats):
+        head = re.match(r"Operator \d+ (.+?): (\d+) tasks executed", block)
+        cpu = re.search(r"Remote cpu time: .* ([0-9.]+(?:us|ms|s|min)) total", block)
+        wall = re.search(r"Remote wall time: .* ([0-9.]+(?:us|ms|s|min)) total", block)
+        if head and cpu and wall:
+            rows.append((head.group(1), int(head.group(2)), _seconds(cpu.group(1)), _seconds(wall.group(1))))
+    return rows
+
+
+def ray_pipeline(folder: Path, cfg) -> tuple[int, float, float, float, list]:
+    """The ingest as training runs it (``train.ingest``): shards → records → decode + resize in
+    one fused operator, streamed to a consumer (here the driver) in batches of 256. Returns the
+    images, seconds end to end, seconds from the first batch on (start-up excluded), peak memory
+    and the operators' times."""
+    ds = read_records(str(folder), cfg, "webdataset").map_batches(
+        _decode_blocks, fn_kwargs={"size": SIZE, "max_pixels": cfg.max_image_pixels, "chunk": cfg.batch_size},
+        batch_size=None, num_cpus=cfg.num_cpus_per_task, batch_format="numpy",
     )
-    n = 0
+    n, first = 0, None
     with PeakMemory() as mem:
         start = time.perf_counter()
         for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+            first = first or (time.perf_counter(), n)
             n += len(batch["uid"])
-        elapsed = time.perf_counter() - start
-    return n, elapsed, mem.peak
+        end = time.perf_counter()
+    steady = (end - first[0]) * n / (n - first[1])  # the time all n would take at the steady rate
+    return n, end - start, steady, mem.peak, operator_seconds(ds.stats())
 
 
-def plain_loop(shards: list[Path], size: int, max_pixels: int) -> tuple[int, float, float]:
-    n = 0
+def plain_loop(shards: list[Path], size: int, max_pixels: int, batch_size: int) -> tuple[int, float, float, list]:
+    """One process: read each tar member, decode + resize, stack batches of ``batch_size`` arrays
+    (the same output the pipeline hands on)."""
+    n, read_s, decode_s, images = 0, 0.0, 0.0, []
     start = time.perf_counter()
     for shard in shards:
         with tarfile.open(shard) as tf:
+            t0 = time.perf_counter()
             for member in tf:
                 if member.name.endswith(".jpg"):
-                    load_rgb(tf.extractfile(member).read(), max_pixels, size)
+                    data = tf.extractfile(member).read()
+                    t1 = time.perf_counter()
+                    images.append(np.asarray(load_rgb(data, max_pixels, size)))
+                    if len(images) == batch_size:
+                        np.stack(images)
+                        images = []
                     n += 1
+                    t0, read_s, decode_s = time.perf_counter(), read_s + t1 - t0, decode_s + time.perf_counter() - t1
     elapsed = time.perf_counter() - start
-    return n, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stages = [("tar read", len(shards), read_s, read_s), ("decode + resize + stack", len(shards), decode_s, decode_s)]
+    return n, elapsed, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, stages
 
 
 def main() -> None:
@@ -112,7 +147,8 @@ def main() -> None:
 
     import ray
 
-    cfg = load_config("local", ["data.batch_size=64"])
+    # one CPU per task, as the cluster preset (the local preset's half CPUs suit small test runs)
+    cfg = load_config("local", ["data.batch_size=64", "data.num_cpus_per_task=1"])
     shards = generate(Path(args.workdir) / f"synthetic-{args.images}", args.images)
     small = Path(args.workdir) / f"subset-{args.small}"
     small.mkdir(exist_ok=True)
@@ -123,23 +159,31 @@ def main() -> None:
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    rows = []
-    n, t, peak = ray_pipeline(small, cfg.data)
-    rows.append(("ray data", n, t, cores, peak))
-    n, t, peak = ray_pipeline(shards[0].parent, cfg.data)
-    rows.append(("ray data", n, t, cores, peak))
+    rows, stages = [], {}
+    n, t, steady, peak, _ = ray_pipeline(small, cfg.data)
+    rows.append(("ray data", n, t, steady, cores, peak))
+    n, t, steady, peak, stages["ray data"] = ray_pipeline(shards[0].parent, cfg.data)
+    rows.append(("ray data", n, t, steady, cores, peak))
     ray.shutdown()
-    n, t, peak = plain_loop(shards, SIZE, cfg.data.max_image_pixels)
-    rows.append(("plain PIL loop", n, t, 1, peak))
+    n, t, steady, peak, stages["plain PIL loop"] = plain_loop(shards, SIZE, cfg.data.max_image_pixels,
+                                                             cfg.data.batch_size)
+    rows.append(("plain PIL loop", n, t, steady, 1, peak))
 
-    print(f"\n{'pipeline':<16}{'images':>8}{'seconds':>9}{'img/s':>8}{'cores':>6}{'img/s/core':>11}{'peak MB':>9}")
-    for name, n, t, c, peak in rows:
-        print(f"{name:<16}{n:>8}{t:>9.1f}{n / t:>8.1f}{c:>6}{n / t / c:>11.1f}{peak:>9.0f}")
-    ray_big, plain = rows[1], rows[2]
-    ratio = (ray_big[1] / ray_big[2] / ray_big[3]) / (plain[1] / plain[2] / plain[3])
-    print(f"\nper-core throughput ratio ray/plain: {ratio:.2f}")
-    print(f"peak memory {rows[0][1]} → {rows[1][1]} images: {rows[0][4]:.0f} MB → {rows[1][4]:.0f} MB "
-          f"({rows[1][4] / rows[0][4]:.2f}x for {rows[1][1] / rows[0][1]:.0f}x the images)")
+    print(f"\n{'pipeline':<16}{'images':>8}{'seconds':>9}{'img/s':>8}{'cores':>6}{'img/s/core':>11}"
+          f"{'steady':>8}{'peak MB':>9}")
+    for name, n, t, steady, c, peak in rows:
+        print(f"{name:<16}{n:>8}{t:>9.1f}{n / t:>8.1f}{c:>6}{n / t / c:>11.1f}{n / steady / c:>8.1f}{peak:>9.0f}")
+    (_, n_ray, t_ray, s_ray, c_ray, _), (_, n_plain, t_plain, _, _, _) = rows[1], rows[2]
+    print(f"\nper-core throughput ratio ray/plain: {(n_ray / t_ray / c_ray) / (n_plain / t_plain):.2f} end to end, "
+          f"{(n_ray / s_ray / c_ray) / (n_plain / t_plain):.2f} steady (from the first batch on)")
+    print(f"peak memory {rows[0][1]} → {rows[1][1]} images: {rows[0][5]:.0f} MB → {rows[1][5]:.0f} MB "
+          f"({rows[1][5] / rows[0][5]:.2f}x for {rows[1][1] / rows[0][1]:.0f}x the images)")
+    print(f"\nwhere the time went ({n_ray} images; ms per image, CPU and wall, summed over tasks)")
+    print(f"{'run':<16}{'operator':<58}{'tasks':>6}{'cpu ms':>8}{'wall ms':>9}")
+    for run, ops in stages.items():
+        for name, tasks, cpu, wall in ops:
+            print(f"{run:<16}{name[:57]:<58}{tasks:>6}{cpu / n_ray * 1e3:>8.3f}{wall / n_ray * 1e3:>9.3f}")
+    print(f"ray data: {c_ray} cores x {t_ray:.1f} s = {c_ray * t_ray / n_ray * 1e3:.3f} core-ms per image end to end")
 
 
 if __name__ == "__main__":

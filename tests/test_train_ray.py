@@ -198,19 +198,31 @@ def _one_step(workers: int, micro_steps: int = 1) -> dict:
 
 
 @pytest.mark.parametrize("actors, operator, decode", [("null", "ActorPoolMapOperator", "TrainingRows"),
-                                                      ("0", "TaskPoolMapOperator", "training_rows")])
-def test_the_ingest_is_one_operator(capsys, actors, operator, decode):
-    """Parsing, the validation split and decoding fuse into one operator: on long-lived actors
-    (no short-lived task processes that each import torch and open_clip again), or on tasks."""
+                                                      ("0", "TaskPoolMapOperator", "training_chunks")])
+@pytest.mark.parametrize("fmt", ["folder", "webdataset"])
+def test_the_ingest_is_one_operator(capsys, tmp_path, fmt, actors, operator, decode):
+    """Reading shards, parsing, the validation split and decoding fuse into one operator (image
+    bytes never cross the object store): on long-lived actors (no short-lived task processes
+    that each import torch and open_clip again), or on tasks."""
+    import tarfile
+
     from conftest import SAMPLE
 
     from biocap_ray.train.ingest import training_dataset
 
+    src = SAMPLE
+    if fmt == "webdataset":  # the plan only: two shards of one sample each
+        src = tmp_path / "shards"
+        src.mkdir()
+        for i in range(2):
+            with tarfile.open(src / f"shard-{i}.tar", "w") as tf:
+                tf.add(next(SAMPLE.glob("images/*.jpg")), arcname=f"u{i}.jpg")
     cfg = load_config("local", ["train.val_fraction=0.2", f"train.data_actors={actors}"])
-    training_dataset(str(SAMPLE), cfg).explain()
+    training_dataset(str(src), cfg).explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     operators = [line.strip("+- ") for line in optimized.splitlines() if "[" in line]
     assert len(operators) == 2 and operators[1] == "InputDataBuffer[Input]", optimized
-    assert operators[0].startswith(operator + "[") and "split_rows" in operators[0], optimized
+    first = "ReadShardSource->MapBatches(_shard_batch_to_records)" if fmt == "webdataset" else "MapBatches("
+    assert operators[0].startswith(f"{operator}[{first}") and "split_rows" in operators[0], optimized
     assert operators[0].endswith(f"MapBatches({decode})]"), optimized
 

@@ -52,8 +52,9 @@ def organism_name(row: dict) -> str:
 
 
 def bounded_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Decode to RGB with the longest side at most ``size`` (bounds the engine's image tokens)."""
-    img = load_rgb(data, max_pixels)
+    """Decode to RGB with the longest side at most ``size`` (bounds the engine's image tokens);
+    a JPEG at the smallest DCT scale that keeps both sides at least ``size``."""
+    img = load_rgb(data, max_pixels, draft=size)
     img.thumbnail((size, size), Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8)
 

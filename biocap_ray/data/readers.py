@@ -172,10 +172,16 @@ def _read_webdataset(uri: str, cfg: DataConfig, order: list[int] | None = None):
 
     fs, _ = storage.resolve(uri)
     paths = _shard_paths(uri)
-    source = ShardSource([paths[i] for i in order] if order is not None else paths, cfg.max_image_bytes,
-                         filesystem=fs)
-    ds = ray.data.read_datasource(source, num_cpus=cfg.num_cpus_per_task)
-    return ds.map_batches(_shard_batch_to_records, **_task_kwargs(cfg))
+    paths = [paths[i] for i in order] if order is not None else paths
+    # One read task per shard, not split (a shard is read in one pass anyway), and a record parser
+    # that takes whole blocks: then Ray Data fuses the read, the parser and every map after them
+    # that also takes whole blocks (batch_size=None) into one task, and image bytes never pass
+    # through the object store. Such a map gets blocks merged up to Ray Data's target block size
+    # (128 MiB), so it slices them itself when its output is larger (``train.ingest``).
+    source = ShardSource(paths, cfg.max_image_bytes, samples_per_block=cfg.batch_size, filesystem=fs)
+    ds = ray.data.read_datasource(source, num_cpus=cfg.num_cpus_per_task, override_num_blocks=len(paths))
+    return ds.map_batches(_shard_batch_to_records, batch_size=None, num_cpus=cfg.num_cpus_per_task,
+                          batch_format="pyarrow")
 
 
 def _text(value) -> str | None:

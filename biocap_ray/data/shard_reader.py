@@ -18,7 +18,6 @@ import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
 _KEY_AND_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # "dir/abc.sci.txt" -> "dir/abc", "sci.txt"
-_SAMPLES_PER_BLOCK = 256
 _TEXT_COLUMNS = ("__key__", "path", "__error__")
 
 
@@ -27,16 +26,18 @@ class ShardSource(FileBasedDatasource):
 
     _FILE_EXTENSIONS = ["tar"]
 
-    def __init__(self, paths: list[str], max_member_bytes: int, keys_only: bool = False, **kwargs):
+    def __init__(self, paths: list[str], max_member_bytes: int, keys_only: bool = False,
+                 samples_per_block: int = 256, **kwargs):
         super().__init__(paths, **kwargs)
         self.max_member_bytes = max_member_bytes
         self.keys_only = keys_only
+        self.samples_per_block = samples_per_block
 
     def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
         rows: list[dict] = []
         for sample in samples(stream, path, self.max_member_bytes, self.keys_only):
             rows.append(sample)
-            if len(rows) == _SAMPLES_PER_BLOCK:
+            if len(rows) == self.samples_per_block:
                 yield _block(rows)
                 rows = []
         if rows:

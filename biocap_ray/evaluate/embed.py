@@ -24,7 +24,7 @@ RETRIEVAL = {"paper": ("label", "a photo of {}"), "caption_projector": ("caption
 def decode_rows(batch: pa.Table, arch: str, max_pixels: int) -> dict[str, np.ndarray]:
     """Eval-transformed images plus the label columns; an unreadable image keeps its row with
     ``error`` set (and a blank image) so it is counted, never silently dropped."""
-    transform, _ = tools_for(arch, False)
+    transform, _ = tools_for(arch, False)  # full-size decodes, as open_clip's reference (no DCT scaling)
     rows = batch.to_pylist()
     images, errors = [], []
     blank = None
