@@ -71,11 +71,9 @@ class PeakMemory:
         self._t.join()
 
 
-def _decode_blocks(block: dict, size: int, max_pixels: int, chunk: int):
-    """Whole blocks in (so that the decode fuses with the read), batches of ``chunk`` out."""
-    for i in range(0, len(block["uid"]), chunk):
-        pixels = np.stack([np.asarray(load_rgb(b, max_pixels, size)) for b in block["image"][i:i + chunk]])
-        yield {"uid": block["uid"][i:i + chunk], "pixels": pixels}
+def _decode_batch(batch: dict, size: int, max_pixels: int) -> dict:
+    pixels = np.stack([np.asarray(load_rgb(b, max_pixels, size)) for b in batch["image"]])
+    return {"uid": batch["uid"], "pixels": pixels}
 
 
 def _seconds(value: str) -> float:
@@ -96,13 +94,14 @@ def operator_seconds(stats: str) -> list[tuple[str, int, float, float]]:
 
 
 def ray_pipeline(folder: Path, cfg) -> tuple[int, float, float, float, list]:
-    """The ingest as training runs it (``train.ingest``): shards → records → decode + resize in
-    one fused operator, streamed to a consumer (here the driver) in batches of 256. Returns the
-    images, seconds end to end, seconds from the first batch on (start-up excluded), peak memory
-    and the operators' times."""
+    """The ingest as training runs it (``train.ingest``): shards read one task each, records
+    parsed and decoded + resized in batches of ``data.batch_size`` in one fused operator,
+    streamed to a consumer (here the driver) in batches of 256. Returns the images, seconds end
+    to end, seconds from the first batch on (start-up excluded), peak memory and the operators'
+    times."""
     ds = read_records(str(folder), cfg, "webdataset").map_batches(
-        _decode_blocks, fn_kwargs={"size": SIZE, "max_pixels": cfg.max_image_pixels, "chunk": cfg.batch_size},
-        batch_size=None, num_cpus=cfg.num_cpus_per_task, batch_format="numpy",
+        _decode_batch, fn_kwargs={"size": SIZE, "max_pixels": cfg.max_image_pixels},
+        batch_size=cfg.batch_size, num_cpus=cfg.num_cpus_per_task, batch_format="numpy",
     )
     n, first = 0, None
     with PeakMemory() as mem:

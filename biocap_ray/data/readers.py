@@ -173,11 +173,11 @@ def _read_webdataset(uri: str, cfg: DataConfig, order: list[int] | None = None):
     fs, _ = storage.resolve(uri)
     paths = _shard_paths(uri)
     paths = [paths[i] for i in order] if order is not None else paths
-    # One read task per shard, not split (a shard is read in one pass anyway), and a record parser
-    # that takes whole blocks: then Ray Data fuses the read, the parser and every map after them
-    # that also takes whole blocks (batch_size=None) into one task, and image bytes never pass
-    # through the object store. Such a map gets blocks merged up to Ray Data's target block size
-    # (128 MiB), so it slices them itself when its output is larger (``train.ingest``).
+    # One read task per shard (a shard is read in one pass anyway) in blocks of ``data.batch_size``
+    # samples, and a record parser that takes them whole: it then fuses with the stage's maps
+    # after it (split, decode) into one operator, which no longer re-batches the parser's output.
+    # Ray Data would fuse the read too if every map took whole blocks, but its tasks would then
+    # be whole shards, decoded far ahead of their consumer (see ``train.ingest``).
     source = ShardSource(paths, cfg.max_image_bytes, samples_per_block=cfg.batch_size, filesystem=fs)
     ds = ray.data.read_datasource(source, num_cpus=cfg.num_cpus_per_task, override_num_blocks=len(paths))
     return ds.map_batches(_shard_batch_to_records, batch_size=None, num_cpus=cfg.num_cpus_per_task,

@@ -39,16 +39,8 @@ def training_rows(batch: pa.Table, model: str, fallback: str, max_pixels: int, i
             "has_caption": np.array(has_caption)}
 
 
-def training_chunks(batch: pa.Table, chunk: int, **kwargs):
-    """:func:`training_rows` of ``batch`` in slices of ``chunk`` records. The decode takes whole
-    blocks so that Ray Data fuses it with the read (see ``readers``); the slices bound its memory
-    whatever the block's size."""
-    for start in range(0, max(batch.num_rows, 1), chunk):
-        yield training_rows(batch.slice(start, chunk), **kwargs)
-
-
 class TrainingRows:
-    """``training_chunks`` in a long-lived Ray Data actor that loads its tools once at start.
+    """``training_rows`` in a long-lived Ray Data actor that loads its tools once at start.
 
     Importing torch and open_clip and loading the tokenizer costs about 6 CPU-seconds per process
     against about 2 ms per image after it. As plain tasks, whose worker processes Ray recycles
@@ -59,15 +51,19 @@ class TrainingRows:
         self.kwargs = kwargs
         tools_for(kwargs["model"], True)
 
-    def __call__(self, batch: pa.Table):
-        yield from training_chunks(batch, **self.kwargs)
+    def __call__(self, batch: pa.Table) -> dict:
+        return training_rows(batch, **self.kwargs)
 
 
 def training_dataset(src: str, cfg, order: list[int] | None = None):
     """The Ray Dataset a training run consumes (without the held-out validation uids), reading
-    the units of ``src`` in ``order`` (see ``train.order``: every epoch, one stream). Reading,
-    parsing the records, the split and decoding fuse into one operator, on :class:`TrainingRows`
-    actors unless ``train.data_actors`` is 0: image bytes never pass through the object store."""
+    the units of ``src`` in ``order`` (see ``train.order``: every epoch, one stream). Parsing
+    the records, the split and decoding fuse into one operator, on :class:`TrainingRows` actors
+    unless ``train.data_actors`` is 0, in batches of ``data.batch_size``.
+
+    The read stays an operator of its own. Fused with the decode (possible: see ``readers``),
+    each task would be a whole shard, so the decode ran up to a shard ahead of training on the
+    trainers' CPUs: 0.56 of the plain loop's samples/s against 0.80 (``benchmarks/train.py``)."""
     from ray.data import ActorPoolStrategy
 
     from biocap_ray.data import readers
@@ -76,11 +72,10 @@ def training_dataset(src: str, cfg, order: list[int] | None = None):
     ds = readers.read_records(src, cfg.data, order=order)
     if t.val_fraction and not t.val_data:
         ds = keep_split(ds, t.val_fraction, held_out=False, num_cpus=cfg.data.num_cpus_per_task)
-    kwargs = {"model": t.model, "fallback": t.caption_fallback, "max_pixels": cfg.data.max_image_pixels,
-              "chunk": cfg.data.batch_size}
-    common = {"batch_format": "pyarrow", "batch_size": None, "num_cpus": cfg.data.num_cpus_per_task}
+    kwargs = {"model": t.model, "fallback": t.caption_fallback, "max_pixels": cfg.data.max_image_pixels}
+    common = {"batch_format": "pyarrow", "batch_size": cfg.data.batch_size, "num_cpus": cfg.data.num_cpus_per_task}
     if t.data_actors == 0:  # plain tasks: no actor start-up, for runs that last seconds
-        return ds.map_batches(training_chunks, fn_kwargs=kwargs, **common)
+        return ds.map_batches(training_rows, fn_kwargs=kwargs, **common)
     return ds.map_batches(TrainingRows, fn_constructor_kwargs=kwargs,
                           compute=ActorPoolStrategy(min_size=1, max_size=t.data_actors), **common)
 
