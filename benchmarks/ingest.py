@@ -131,7 +131,8 @@ def plain_loop(shards: list[Path], size: int, max_pixels: int, batch_size: int) 
                         np.stack(images)
                         images = []
                     n += 1
-                    t0, read_s, decode_s = time.perf_counter(), read_s + t1 - t0, decode_s + time.perf_counter() - t1
+                    t2 = time.perf_counter()
+                    read_s, decode_s, t0 = read_s + t1 - t0, decode_s + t2 - t1, t2
     elapsed = time.perf_counter() - start
     stages = [("tar read", len(shards), read_s, read_s), ("decode + resize + stack", len(shards), decode_s, decode_s)]
     return n, elapsed, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, stages

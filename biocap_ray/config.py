@@ -128,6 +128,10 @@ class CaptionConfig(_Strict):
         default=0.2, ge=0, le=1,
         description="warn when fewer captions than this share had a Wikipedia excerpt (a wrong join key, say)")
     page_rows: int = Field(default=24, ge=0, description="captions shown beside their images on captions.html")
+    engine_max_restarts: int = Field(default=3, ge=0, description="restarts of a crashed engine actor")
+    engine_env: dict[str, str] = Field(
+        default_factory=dict, description="environment of engine actors, e.g. VLLM_CPU_KVCACHE_SPACE on CPU"
+    )
 
     @field_validator("concurrency", mode="before")
     @classmethod
@@ -145,10 +149,6 @@ class CaptionConfig(_Strict):
         if self.qc_action == "retry" and self.max_attempts < 2:
             raise ValueError("qc_action=retry regenerates failing captions: set caption.max_attempts to 2 or more")
         return self
-    engine_max_restarts: int = Field(default=3, ge=0, description="restarts of a crashed engine actor")
-    engine_env: dict[str, str] = Field(
-        default_factory=dict, description="environment of engine actors, e.g. VLLM_CPU_KVCACHE_SPACE on CPU"
-    )
 
 
 class TrainConfig(_Strict):

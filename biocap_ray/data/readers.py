@@ -180,8 +180,7 @@ def _read_webdataset(uri: str, cfg: DataConfig, order: list[int] | None = None):
     # be whole shards, decoded far ahead of their consumer (see ``train.ingest``).
     source = ShardSource(paths, cfg.max_image_bytes, samples_per_block=cfg.batch_size, filesystem=fs)
     ds = ray.data.read_datasource(source, num_cpus=cfg.num_cpus_per_task, override_num_blocks=len(paths))
-    return ds.map_batches(_shard_batch_to_records, batch_size=None, num_cpus=cfg.num_cpus_per_task,
-                          batch_format="pyarrow")
+    return ds.map_batches(_shard_batch_to_records, **{**_task_kwargs(cfg), "batch_size": None})
 
 
 def _text(value) -> str | None:
