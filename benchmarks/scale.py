@@ -6,7 +6,7 @@
 Each N runs in a fresh process (its own local Ray). Per stage it prints rows/s, the driver's
 peak RSS and peak private memory (RSS less shared pages: a consumer's RSS also counts the
 object-store pages it maps zero-copy), the largest private memory of any Ray worker process
-while the stage ran, and the largest payload shipped with a task (each Ray Data operator's
+while the stage ran (overall and in each quarter of the stage, to show where it plateaus), and the largest payload shipped with a task (each Ray Data operator's
 function and its arguments, pickled). Records are tiny JPEGs over many taxa, written as Parquet.
 
 The caption step uses CANNED CAPTIONS from an engine defined here (it returns a fixed sentence
@@ -82,6 +82,7 @@ class _Watch:
         self.driver = psutil.Process()
         self.driver_peak = self.driver_private_peak = self.worker_peak = 0
         self.worker_name = ""  # what the largest worker was running (its process title)
+        self.samples: list[tuple[float, int]] = []  # (time, largest worker private memory then)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -89,6 +90,7 @@ class _Watch:
     def _run(self):
         while not self.stop.wait(0.2):
             m = self.driver.memory_info()
+            largest = 0
             self.driver_peak = max(self.driver_peak, m.rss)
             # RSS counts object-store pages a consumer maps zero-copy; private memory does not
             self.driver_private_peak = max(self.driver_private_peak, m.rss - m.shared)
@@ -97,10 +99,23 @@ class _Watch:
                     cmd = " ".join(p.info["cmdline"] or [])
                     if cmd.startswith("ray::") or "default_worker.py" in cmd:
                         m = p.memory_info()
+                        largest = max(largest, m.rss - m.shared)
                         if m.rss - m.shared > self.worker_peak:
                             self.worker_peak, self.worker_name = m.rss - m.shared, cmd.split(" ")[0][:60]
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
+            self.samples.append((time.monotonic(), largest))
+
+    def quarters(self) -> list[int]:
+        """The largest worker's private MB in each quarter of the stage: flat memory plateaus early."""
+        if not self.samples:
+            return [0] * 4
+        t0, t1 = self.samples[0][0], self.samples[-1][0]
+        peaks = [0] * 4
+        for t, mem in self.samples:
+            q = min(3, int(4 * (t - t0) / max(t1 - t0, 1e-9)))
+            peaks[q] = max(peaks[q], mem)
+        return [round(b / 2**20) for b in peaks]
 
     def close(self) -> tuple[float, float, float]:
         self.stop.set()
@@ -172,6 +187,7 @@ def run_one(n: int, work: Path) -> dict:
         stages.append({"stage": name, "rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds),
                        "driver_peak_mb": round(driver), "driver_private_mb": round(driver_private),
                        "worker_peak_mb": round(worker), "worker_peak_in": watch.worker_name,
+                       "worker_mb_by_quarter": watch.quarters(),
                        "largest_payload_kb": round(max(_PAYLOADS, default=0) / 1024, 1)})
         print(json.dumps(stages[-1]), file=sys.stderr, flush=True)
 
@@ -229,11 +245,12 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print("caption engine: canned captions defined in benchmarks/scale.py (orchestration, not a model)")
     print(f"{'stage':<17} {'N':>9} {'rows/s':>8} {'driver RSS MB':>14} {'driver private MB':>18}"
-          f" {'worker private MB':>18} {'largest payload KB':>19}")
+          f" {'worker private MB':>18} {'... by quarter of the stage':>28} {'largest payload KB':>19}")
     for r in results:
         for s in r["stages"]:
             print(f"{s['stage']:<17} {r['n']:>9} {s['rows_per_s']:>8} {s['driver_peak_mb']:>14}"
-                  f" {s['driver_private_mb']:>18} {s['worker_peak_mb']:>18} {s['largest_payload_kb']:>19}")
+                  f" {s['driver_private_mb']:>18} {s['worker_peak_mb']:>18}"
+                  f" {'/'.join(map(str, s['worker_mb_by_quarter'])):>28} {s['largest_payload_kb']:>19}")
     if len(results) > 1:
         small, big = results[0], results[-1]
         print(f"\n{small['n']} -> {big['n']} records")
