@@ -5,8 +5,8 @@
 #   bash scripts/mlflow_server.sh HOST PORT BACKEND_STORE_URI ARTIFACTS_DESTINATION
 #
 # Its admin login is the one every node derives from the cluster's Ray auth token
-# (biocap-ray mlflow-credentials), so jobs and workers log in without a password being stored,
-# sent or printed. Nothing reaches the server without it.
+# (biocap-ray mlflow-credentials), so no password is kept in a file or printed; clients send it
+# as HTTP basic auth inside the cluster's security group. Nothing reaches the server without it.
 set -euo pipefail
 if [ $# -ne 4 ]; then
   echo "usage: $0 HOST PORT BACKEND_STORE_URI ARTIFACTS_DESTINATION" >&2
@@ -17,6 +17,9 @@ eval "$credentials"
 export MLFLOW_AUTH_CONFIG_PATH
 MLFLOW_AUTH_CONFIG_PATH="$(cd "$(dirname "$0")/.." && pwd)/biocap_ray/configs/mlflow_auth.ini"
 export MLFLOW_AUTH_ADMIN_USERNAME="$MLFLOW_TRACKING_USERNAME" MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_TRACKING_PASSWORD"
+# MLflow reads the admin login only when it creates its user database; a database kept from an
+# earlier start would keep the login of an earlier Ray token. The one login is all it holds.
+rm -f mlflow-auth.db
 # signs the app's sessions and CSRF tokens; a new one at every start (logins use basic auth)
 MLFLOW_FLASK_SERVER_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_hex(32))')"
 export MLFLOW_FLASK_SERVER_SECRET_KEY

@@ -233,8 +233,12 @@ def test_metadata_paths_cannot_leave_the_dataset_folder(tmp_path, data_cfg):
     (root / "images" / "sub" / "deep.jpg").write_bytes(jpeg_bytes((9, 9, 9)))
     (root / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
     (root / "images" / "inner.jpg").symlink_to(root / "images" / "good.jpg")  # a link that stays inside
+    (tmp_path / "data2").mkdir()  # a sibling whose name starts like the dataset's
+    (tmp_path / "data2" / "x.jpg").write_bytes(secret)
+    (root / "images" / "outdir").symlink_to(tmp_path / "data2", target_is_directory=True)
     files = ["../secret.jpg", str(tmp_path / "secret.jpg"), "images/link.jpg", "images/../../secret.jpg",
-             "file:///etc/hostname", "images/good.jpg", "images/sub/../sub/deep.jpg", "images/inner.jpg"]
+             "file:///etc/hostname", "images/good.jpg", "images/sub/../sub/deep.jpg", "images/inner.jpg",
+             "../data2/x.jpg", "images/outdir/x.jpg", "C:\\Windows\\win.ini"]
     _write_metadata(root / "metadata.csv", files)
     rows = records(str(root), data_cfg)
     errors = {uid: r["error"] for uid, r in rows.items() if r["error"]}
@@ -244,13 +248,28 @@ def test_metadata_paths_cannot_leave_the_dataset_folder(tmp_path, data_cfg):
         "r2": "field 'file' 'images/link.jpg' is a symlink out of the dataset's folder",
         "r3": "field 'file' 'images/../../secret.jpg' leaves the dataset's folder",
         "r4": "field 'file' 'file:///etc/hostname' is an absolute path; paths are relative to the metadata file",
+        "r8": "field 'file' '../data2/x.jpg' leaves the dataset's folder",
+        "r9": "field 'file' 'images/outdir/x.jpg' is a symlink out of the dataset's folder",
+        "r10": "field 'file' 'C:\\\\Windows\\\\win.ini' is an absolute path; paths are relative to the metadata file",
     }
     assert rows["r0"]["origin"] == "metadata.csv data row 1" and rows["r0"]["image"] is None
+    assert rows["r9"]["origin"] == "metadata.csv data row 10" and rows["r9"]["image"] is None
     assert {uid for uid, r in rows.items() if r["image"]} == {"r5", "r6", "r7"}
     out = convert(str(root), str(tmp_path / "shards"), data_cfg)
-    assert (out["records"], out["errors"]) == (3, 5)
+    assert (out["records"], out["errors"]) == (3, 8)
     shards = b"".join(p.read_bytes() for p in (tmp_path / "shards").glob("*.tar"))
     assert secret not in shards
+
+
+def test_a_metadata_file_over_its_limit_is_refused_naming_it(tmp_path):
+    """The driver reads a metadata table whole, so one over the limit is refused, read no further."""
+    root = tmp_path / "data"
+    root.mkdir()
+    _write_metadata(root / "metadata.csv", [f"images/{i}.jpg" for i in range(50)])
+    size = (root / "metadata.csv").stat().st_size
+    assert readers.read_metadata(str(root / "metadata.csv"), max_bytes=size).num_rows == 50
+    with pytest.raises(ValueError, match=rf"metadata.csv: metadata file over the limit of {size - 1:,} bytes"):
+        readers.read_metadata(str(root / "metadata.csv"), max_bytes=size - 1)
 
 
 def test_an_oversized_image_file_member_or_cell_becomes_an_error_row(tmp_path, data_cfg):

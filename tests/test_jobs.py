@@ -253,28 +253,34 @@ def test_caption_job_writes_one_caption_row_per_uid(ray_head, tiny_data, tmp_pat
     assert summary["images"] == 6 and summary["captioned"] + summary["errors"] == 6
 
 
+def _start_tracking_server(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """scripts/mlflow_server.sh run in ``folder`` (where it keeps its user database), as the head runs it."""
+    port = _free_port()
+    with open(folder / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "mlflow_server.sh"), "127.0.0.1", str(port),
+             f"sqlite:///{folder / 'mlflow.db'}", str(folder / "artifacts")],
+            env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while _http_status(f"{uri}/health") != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_session(proc)
+            pytest.fail(f"the tracking server did not come up:\n{(folder / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    return proc, uri
+
+
 @pytest.fixture(scope="module")
 def tracking_server(ray_head, tmp_path_factory):
     """The cluster's tracking server as cluster.yaml starts it on the head (scripts/mlflow_server.sh:
     MLflow's basic-auth app, its login derived from the head's Ray token), on loopback."""
     folder = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(folder / "server.log", "wb")
-    proc = subprocess.Popen(
-        ["bash", str(REPO / "scripts" / "mlflow_server.sh"), "127.0.0.1", str(port),
-         f"sqlite:///{folder / 'mlflow.db'}", str(folder / "artifacts")],
-        env=_CLIENT_ENV[ray_head], cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    proc, uri = _start_tracking_server(folder, _CLIENT_ENV[ray_head])
     try:
-        deadline = time.monotonic() + 120
-        while _http_status(f"{uri}/health") != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the tracking server did not come up:\n{(folder / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
         yield uri, folder
     finally:
         _stop_session(proc)
-        log.close()
 
 
 def _http_status(url: str, login: tuple[str, str] | None = None) -> int:
@@ -337,6 +343,7 @@ def test_train_job_exports_a_checkpoint_and_tracks_the_run_in_mlflow(ray_head, t
     password = login["MLFLOW_TRACKING_PASSWORD"]
     assert password not in job_logs(ray_head, "train") and password not in out
     assert not any(password in value for value in runs[0].data.params.values())
+    assert not any(password in value for value in runs[0].data.tags.values())
     assert not any(password in p.read_text(errors="ignore") for p in tracking_server[1].glob("*.log"))
 
 
@@ -353,6 +360,26 @@ def test_the_tracking_server_refuses_requests_without_the_login(ray_head, tracki
     other = subprocess.run([str(BIN / "biocap-ray"), "mlflow-credentials"], capture_output=True, text=True,
                            env={**_CLIENT_ENV[ray_head], "RAY_AUTH_TOKEN": secrets.token_hex(32)}, check=True)
     assert password not in other.stdout and "MLFLOW_TRACKING_PASSWORD=" in other.stdout
+
+
+def test_the_tracking_servers_login_follows_a_new_ray_token(ray_head, tmp_path):
+    """A head restarted with a new Ray token serves the new login, not the one its user database
+    kept from the old token (MLflow ignores the admin settings once that user exists)."""
+    api = "/api/2.0/mlflow/experiments/search?max_results=1"
+    logins = []
+    for token in (secrets.token_hex(32), secrets.token_hex(32)):
+        env = {**_CLIENT_ENV[ray_head], "RAY_AUTH_TOKEN": token}
+        proc, uri = _start_tracking_server(tmp_path, env)
+        try:
+            out = subprocess.run([str(BIN / "biocap-ray"), "mlflow-credentials"], env=env, capture_output=True,
+                                 text=True, check=True).stdout
+            login = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+            logins.append((login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"]))
+            assert _http_status(uri + api, logins[-1]) == 200
+            if len(logins) == 2:
+                assert _http_status(uri + api, logins[0]) == 401
+        finally:
+            _stop_session(proc)
 
 
 @pytest.mark.parametrize("bad, named", [
@@ -467,6 +494,9 @@ def test_pipeline_job_runs_end_to_end_and_skips_what_exists(ray_head, tmp_path):
     assert summary["records"] == 12 and summary["captions_written"] == 12 and summary["caption_errors"] == 0
     # the log reads as lines: no progress bar redraws (carriage returns, tqdm's "|###   | 3/12 [..]")
     assert "\r" not in logs and "\x1b[A" not in logs and not re.search(r"\d+%\|[^\n]*\| *\d+/", logs), logs[-3000:]
+    # Ray Data's progress is one line per report, rows and rate, not its block of operator lines
+    assert re.search(r"dataset \S+: [\d,]+(/[\d,]+)? rows", logs), logs[-3000:]
+    assert "Running Dataset:" not in logs and "Total Progress:" not in logs, logs[-3000:]
     # the demo's Wikipedia file reaches prompts; the captions page sits beside the report and in MLflow
     assert summary["context_coverage"] > 0 and "species" in summary["context_levels"]
     assert "of captions had a Wikipedia excerpt" in logs and "captions.html" in summary["captions_page"]

@@ -246,16 +246,23 @@ def _shard_batch_to_records(batch: pa.Table) -> pa.Table:
 # --- image folder + metadata table -------------------------------------------------------------
 
 
-def read_metadata(uri: str) -> pa.Table:
+MAX_METADATA_BYTES = 4 * 2**30  # a 10M-row CSV is 1-2 GB; the driver reads the table whole
+
+
+def read_metadata(uri: str, max_bytes: int = MAX_METADATA_BYTES) -> pa.Table:
     """The metadata table (CSV/TSV/Parquet) with every column as string, ``uid``/``origin`` added.
 
-    A missing ``file`` column, or no taxonomy columns at all, is an error naming the file.
+    A missing ``file`` column, or no taxonomy columns at all, is an error naming the file, and so
+    is a file over ``max_bytes`` (read no further than that: the driver holds the table).
     Duplicate uids are kept but marked in ``error`` (every occurrence after the first).
     """
     fs, path = storage.resolve(uri)
     shown = storage.redact(uri)
     with fs.open_input_stream(path) as f:
-        data = f.read()
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{shown}: metadata file over the limit of {max_bytes:,} bytes, which the driver reads "
+                         "whole; split the dataset into several folders, or give its records as Parquet files")
     try:
         if path.endswith(".parquet"):
             table = pq.read_table(pa.BufferReader(data))
@@ -345,7 +352,8 @@ def inside(root_path: str, rel: str, real_root: str | None) -> str:
     if path != root_path and not path.startswith(root_path.rstrip("/") + "/"):
         raise ValueError(f"field 'file' {rel!r} leaves the dataset's folder")
     if real_root is not None:
-        if not os.path.realpath(path).startswith(real_root.rstrip("/") + "/"):
+        path = os.path.realpath(path)  # the file opened is the one checked
+        if not path.startswith(real_root.rstrip("/") + "/"):
             raise ValueError(f"field 'file' {rel!r} is a symlink out of the dataset's folder")
     return path
 

@@ -114,6 +114,27 @@ def test_an_oversized_response_is_refused_unread(fake_wiki, encoding):
     assert _client(fake_wiki, max_response_bytes=400_000).get({"titles": "Hugeus pagus"})["pad"][:3] == "xxx"
 
 
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_an_endless_response_costs_the_client_no_more_than_its_limit(fake_wiki, encoding):
+    """40 MB on the wire (or inflating to it) against a 100 kB limit: the client's memory peak
+    stays near the limit, so it never read the body whole."""
+    import gzip
+    import tracemalloc
+
+    big = b'{"pad": "' + b"x" * 40_000_000 + b'"}'
+    fake_wiki.raw["Endless"] = ({"Content-Encoding": encoding}, gzip.compress(big, 1) if encoding == "gzip" else big)
+    del big
+    client = _client(fake_wiki, max_response_bytes=100_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ApiError, match="over the limit of 100,000 bytes"):
+            client.get({"titles": "Endless"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000
+
+
 def test_cache_makes_rerun_request_nothing(fake_wiki, tmp_path):
     queries = [_query(**COUGAR_ROW), _query(genus="Morus", kingdom="Plantae"), _query(genus="Nix", species="nox")]
     first = [fetch_context(_client(fake_wiki, tmp_path), q) for q in queries]
