@@ -130,6 +130,36 @@ def test_identical_embeddings_for_matching_pairs_score_100_percent():
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
+def test_each_retrieval_variant_uses_its_own_projector_and_prompt():
+    """With two projectors that differ, "paper" is the label projector with "a photo of " +
+    caption and "caption_projector" the caption projector with the caption as written."""
+    from biocap_ray.evaluate.embed import Embedder
+    from biocap_ray.evaluate.records import LABEL_COLUMNS
+    from biocap_ray.models.checkpoints import ModelSpec
+    from biocap_ray.models.clip import build_model
+
+    embedder = Embedder(ModelSpec.parse("biocap-tiny"), [], "photo", k=5)
+    torch.manual_seed(0)
+    model, tokenizer = build_model("biocap-tiny", None)  # a training run's model: two projectors
+    embedder.model, embedder.tokenizer = model.eval(), tokenizer
+    with torch.no_grad():  # the caption head starts as a copy of the label head; training moves it
+        model.caption_proj.add_(0.1 * torch.randn_like(model.caption_proj))
+    assert model.dual_projector
+    captions = ["A brown bird on a branch.", "A grey cat in the grass."]
+    images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    batch = {c: np.array(["x", "y"], dtype=object) for c in LABEL_COLUMNS}
+    batch.update(image=images, caption=np.array(captions, dtype=object), error=np.array([None, None], dtype=object))
+    out = embedder(batch)
+    with torch.no_grad():
+        pooled = model.clip.visual(torch.from_numpy(images))
+        want = {"paper": (model.project(pooled, "label"), ["a photo of " + c for c in captions]),
+                "caption_projector": (model.project(pooled, "caption"), captions)}
+        for variant, (image, prompts) in want.items():
+            assert np.allclose(out[f"image_{variant}"], image.numpy(), atol=1e-5), variant
+            assert np.allclose(out[f"text_{variant}"], model.text_features(tokenizer(prompts)).numpy(), atol=1e-5)
+    assert not np.allclose(out["image_paper"], out["image_caption_projector"], atol=1e-3)
+
+
 def test_evaluate_matches_open_clip_and_a_brute_force_argmax(tmp_path):
     from biocap_ray.evaluate.run import evaluate
 
@@ -216,8 +246,9 @@ def test_evaluate_at_a_chosen_rank_on_s3(tmp_path, s3_bucket):
     for path in data.rglob("*"):
         if path.is_file():
             storage.write_bytes(f"{s3_bucket}/data/{path.relative_to(data)}", path.read_bytes())
+    storage.write_bytes(f"{s3_bucket}/captions/captions.html", b"<html>the caption stage's page</html>")
     code = main(["evaluate", f"{s3_bucket}/data", f"{s3_bucket}/eval", "--model", "biocap-tiny",
-                 "--set", "evaluate.rank=genus", "--set", "evaluate.templates=photo",
+                 "--captions-page", f"{s3_bucket}/captions/captions.html", "--set", "evaluate.rank=genus", "--set", "evaluate.templates=photo",
                  "--set", "evaluate.num_gpus_per_actor=0", "--set", "evaluate.num_cpus_per_actor=0.5",
                  "--set", "evaluate.num_cpus_per_task=0.5", "--set", f"evaluate.mlflow_tracking_uri=sqlite:///{tmp_path}/m.db"])
     assert code == 0
@@ -226,6 +257,9 @@ def test_evaluate_at_a_chosen_rank_on_s3(tmp_path, s3_bucket):
     assert "acc_species" not in zs and zs["n_genus"] > 0
     genera = {r["genus"] for r in csv.DictReader(open(data / "metadata.csv")) if r["genus"]}
     assert zs["classes"] >= len(genera)
+    # the report links the captions page, copied beside it
+    assert "[captions.html](captions.html)" in storage.read_bytes(f"{s3_bucket}/eval/report.md").decode()
+    assert storage.read_bytes(f"{s3_bucket}/eval/captions.html") == b"<html>the caption stage's page</html>"
 
 
 def test_benchmark_layouts_with_filepath_and_a_class_column_give_as_is_classes(tmp_path):

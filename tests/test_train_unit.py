@@ -129,6 +129,43 @@ def test_two_micro_batches_of_b_are_one_batch_of_2b(mode):
         assert torch.allclose(grad, accum_grads[name], atol=1e-6, rtol=1e-4), name
 
 
+def test_accumulation_all_reduces_once_per_step_under_ddp():
+    """DDP's gradient all-reduce runs in the last micro-step only (``no_sync`` before it): three
+    micro-batches communicate exactly as much as one batch."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from biocap_ray.train.loop import accumulated_backward
+
+    cfg = load_config("local", ["train.mode=joint"])
+    gen = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(6, 3, 32, 32, generator=gen), "tokens": torch.randint(1, 400, (6, 6, 32), generator=gen)}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        model, _ = build_model("biocap-tiny", None)
+        ddp = DistributedDataParallel(model, find_unused_parameters=True)
+        reduced = []
+
+        def counting_hook(state, bucket):  # DDP's own all-reduce, counted
+            reduced.append(bucket.index())
+            return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])
+
+        ddp.register_comm_hook(None, counting_hook)
+        accumulated_backward(ddp, open_clip.ClipLoss(), [batch], 3, cfg, lambda loss: loss.backward())
+        one_batch = len(reduced)
+        reduced.clear()
+        micro = [{k: v[i:i + 2] for k, v in batch.items()} for i in (0, 2, 4)]
+        accumulated_backward(ddp, open_clip.ClipLoss(), micro, 3, cfg, lambda loss: loss.backward())
+        assert one_batch > 0 and len(reduced) == one_batch
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("model", ["biocap-tiny", "ViT-B-16"])
 def test_the_one_preprocessing_source_is_what_open_clip_builds_for_the_architecture(model):
     """Training, validation and evaluation transform images with ``tools_for`` (without building
