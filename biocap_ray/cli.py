@@ -116,7 +116,8 @@ def _cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from biocap_ray.runtime import init_ray
 
     init_ray(cfg.ray)
-    return _summary(evaluate(args.src, args.dst, cfg, args.models, held_out=args.held_out))
+    return _summary(evaluate(args.src, args.dst, cfg, args.models, held_out=args.held_out,
+                             captions_page=args.captions_page))
 
 
 def _cmd_tune(args: argparse.Namespace, cfg: Config) -> int:
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "training checkpoint folder; local or s3:// (repeat to compare models)")
     ev.add_argument("--held-out", action="store_true",
                     help="evaluate only the uids a training run held out (train.val_fraction)")
+    ev.add_argument("--captions-page", metavar="URI",
+                    help="the caption stage's captions.html, to link from the report and log with it to MLflow")
     ev.set_defaults(run=_cmd_evaluate)
 
     tun = stages.add_parser("tune", parents=[common],

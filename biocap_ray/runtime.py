@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from typing import TYPE_CHECKING
 
-from biocap_ray.config import RayConfig
+if TYPE_CHECKING:  # workers import this module for their setup hook: keep it light
+    from biocap_ray.config import RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +21,12 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # merged with a submitted job's own runtime environment (its working_dir)
+    runtime_env = {"worker_process_setup_hook": "biocap_ray.runtime.worker_setup"}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
-        kwargs = {"num_cpus": cfg.num_cpus, "include_dashboard": False}
+        kwargs = {"num_cpus": cfg.num_cpus, "include_dashboard": False, "runtime_env": runtime_env}
         if cfg.object_store_memory_mb:
             kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
         ray.init(**kwargs)
@@ -31,12 +36,82 @@ def init_ray(cfg: RayConfig) -> None:
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
+def interactive() -> bool:
+    """Progress bars only where a person watches both streams: tqdm draws on stderr, Ray Data
+    picks bars or log lines by stdout."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
 def progress_as_log_lines() -> None:
-    """Without a terminal (``ray job logs``, a file), Ray Data reports progress as log lines: on
-    the driver it does so by itself, but datasets run in Ray workers (Ray Train's split
-    coordinator) draw tqdm bars through the driver, whose redraws are garbage in a log. Datasets
-    created after this call carry the setting to the workers that run them."""
+    """Without a terminal (``ray job logs``, a file), progress is whole log lines.
+
+    On the driver Ray Data then logs a block of per-operator counts every 10 s; ``RateLines``
+    turns each block into one line with rows/s and ETA. Datasets run in Ray workers (Ray Train's
+    split coordinator) would draw tqdm bars through the driver, whose redraws are garbage in a
+    log: datasets created after this call carry the setting to those workers. With stdout on a
+    terminal but stderr in a file, bars would land in the file, so there are none."""
     import ray
 
+    if interactive():
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.use_ray_tqdm = False
+    if sys.stdout.isatty():
+        ctx.enable_progress_bars = False
+    _add_rate_lines()
+
+
+def worker_setup() -> None:
+    """Run by Ray in every worker process of a job that ``init_ray`` started: datasets that run
+    in a worker (Ray Train's split coordinator) report progress as rate lines too."""
     if not sys.stdout.isatty():
-        ray.data.DataContext.get_current().use_ray_tqdm = False
+        _add_rate_lines()
+
+
+def _add_rate_lines() -> None:
+    ray_log = logging.getLogger(RateLines.LOGGER)
+    if not any(isinstance(f, RateLines) for f in ray_log.filters):
+        ray_log.addFilter(RateLines())
+
+
+class RateLines(logging.Filter):
+    """Ray Data's non-terminal progress block (``==== Running Dataset: ID ====``, ``Total
+    Progress: done/total``, operator lines, a closing rule) as one line: ``dataset ID: done/total
+    rows (p%), r rows/s, ETA h:mm:ss``. Lines it does not recognise pass unchanged."""
+
+    LOGGER = "ray.data._internal.progress.logging_progress"
+    _OPEN = re.compile(r"^=+ Running Dataset: (\S+) =+$")
+    _TOTAL = re.compile(r"^Total Progress: (\d+)/(\d+|\?)$")
+
+    def __init__(self):
+        super().__init__()
+        self.dataset: str | None = None  # inside a block: its dataset
+        self.seen: dict[str, tuple[float, int]] = {}  # dataset -> (time, rows) when first reported
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        opened = self._OPEN.match(msg)
+        if opened:
+            self.dataset = opened.group(1)
+            return False
+        if self.dataset is None:
+            return True
+        total = self._TOTAL.match(msg)
+        if total:
+            record.msg, record.args = self.line(self.dataset, int(total.group(1)), total.group(2), record.created), ()
+            return True
+        if msg and set(msg) == {"="}:
+            self.dataset = None
+        return False
+
+    def line(self, dataset: str, done: int, total: str, now: float) -> str:
+        start_t, start_rows = self.seen.setdefault(dataset, (now, done))
+        text = f"dataset {dataset}: {done:,}" + (f"/{int(total):,} rows ({done / max(int(total), 1):.0%})"
+                                                 if total != "?" else " rows")
+        if now > start_t and done > start_rows:
+            rate = (done - start_rows) / (now - start_t)
+            text += f", {rate:,.1f} rows/s"
+            if total != "?":
+                left = int(max(int(total) - done, 0) / rate)
+                text += f", ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
+        return text

@@ -61,3 +61,56 @@ def test_the_page_sample_is_stable_and_sized_to_the_run():
     assert 24 * page.OVERSAMPLE * 0.7 < len(kept) < 24 * page.OVERSAMPLE * 1.3
     assert kept == [u for u in uids if page.pick(u) < rate]  # the same records on every run
     assert page.sample_rate(24, 10) == 1.0 and page.sample_rate(24, None) == 1.0 and page.sample_rate(0, 10) == 0
+
+
+def _ray_progress_block(dataset: str, done: int, total: str) -> list[str]:
+    """One report of Ray Data's non-terminal progress logger, as Ray 2.60 writes it."""
+    rule = f"======= Running Dataset: {dataset} ======="
+    return [rule, f"Total Progress: {done}/{total}", "Active & requested resources: 2/2 CPU", "",
+            "ReadParquet: 10/20", "  Tasks: 1; Actors: 0", "=" * len(rule)]
+
+
+def test_ray_datas_progress_blocks_become_one_line_with_rate_and_eta():
+    from biocap_ray.runtime import RateLines
+
+    lines = RateLines()
+    kept = []
+    for t, (done, total) in enumerate([(0, "1000"), (400, "1000"), (900, "?")]):
+        for message in _ray_progress_block("ingest_1", done, total):
+            record = logging.LogRecord(RateLines.LOGGER, logging.INFO, __file__, 0, message, (), None)
+            record.created = float(t)
+            if lines.filter(record):
+                kept.append(record.getMessage())
+    assert len(kept) == 3 and kept[0] == "dataset ingest_1: 0/1,000 rows (0%)"
+    assert kept[1].startswith("dataset ingest_1: 400/1,000 rows (40%), ") and " rows/s, ETA 0:" in kept[1]
+    assert kept[2].startswith("dataset ingest_1: 900 rows, ") and "ETA" not in kept[2]
+    other = logging.LogRecord(RateLines.LOGGER, logging.INFO, __file__, 0, "Execution finished", (), None)
+    assert lines.filter(other) and other.getMessage() == "Execution finished"
+
+
+def test_a_real_dataset_without_a_terminal_logs_whole_rate_lines(ray_local, monkeypatch):
+    """Ray Data's own non-terminal progress through the filter: rate lines, no blocks or bars."""
+    import time
+
+    import ray
+    from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
+
+    from biocap_ray.runtime import RateLines, progress_as_log_lines
+
+    monkeypatch.setattr(LoggingExecutionProgressManager, "LOG_REPORT_INTERVAL_SEC", 0.5)
+    progress_as_log_lines()  # pytest's streams are not terminals
+    handler = _Lines()
+    ray_log = logging.getLogger(RateLines.LOGGER)
+    ray_log.addHandler(handler)
+    try:
+        def slow(batch):
+            time.sleep(0.3)
+            return batch
+
+        ds = ray.data.range(400, override_num_blocks=8).map_batches(slow, batch_size=50)
+        assert sum(len(batch["id"]) for batch in ds.iter_batches(batch_size=50)) == 400
+    finally:
+        ray_log.removeHandler(handler)
+    assert handler.lines, "Ray Data logged no progress"
+    assert all(line.startswith("dataset ") and " rows" in line for line in handler.lines), handler.lines
+    assert any("rows/s" in line for line in handler.lines), handler.lines

@@ -10,7 +10,6 @@ Stages (each a Ray Data operator, streaming):
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import pyarrow as pa
@@ -30,6 +29,7 @@ from biocap_ray.context.lookup import ContextLookup
 from biocap_ray.context.table import read_context
 from biocap_ray.data import readers, uid_set
 from biocap_ray.data.taxonomy import read_taxon_list
+from biocap_ray.runtime import interactive
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class _Progress:
         from tqdm import tqdm
 
         self.total, self.label, self.every_s = total, label, every_s
-        self.bar = tqdm(total=total, unit="img", desc=label, mininterval=2.0) if sys.stderr.isatty() else None
+        self.bar = tqdm(total=total, unit="img", desc=label, mininterval=2.0) if interactive() else None
         self.start, self.images, self.tokens = time.perf_counter(), 0, 0
         self.next_line = self.start + every_s
         self.first_at = self.last_at = None  # steady state: from the first written part to the last
