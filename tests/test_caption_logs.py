@@ -98,9 +98,12 @@ def test_a_real_dataset_without_a_terminal_logs_whole_rate_lines(ray_local, monk
     from biocap_ray.runtime import RateLines, progress_as_log_lines
 
     monkeypatch.setattr(LoggingExecutionProgressManager, "LOG_REPORT_INTERVAL_SEC", 0.5)
+    # as init_ray leaves it (other tests' fixtures may have turned progress off in this process)
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "enable_progress_bars", True)
     progress_as_log_lines()  # pytest's streams are not terminals
     handler = _Lines()
     ray_log = logging.getLogger(RateLines.LOGGER)
+    monkeypatch.setattr(ray_log, "level", logging.INFO)
     ray_log.addHandler(handler)
     try:
         def slow(batch):
