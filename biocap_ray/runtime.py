@@ -98,20 +98,21 @@ class RateLines(logging.Filter):
             return True
         total = self._TOTAL.match(msg)
         if total:
-            record.msg, record.args = self.line(self.dataset, int(total.group(1)), total.group(2), record.created), ()
+            done, of = int(total.group(1)), None if total.group(2) == "?" else int(total.group(2))
+            record.msg, record.args = self.line(self.dataset, done, of, record.created), ()
             return True
         if msg and set(msg) == {"="}:
             self.dataset = None
         return False
 
-    def line(self, dataset: str, done: int, total: str, now: float) -> str:
+    def line(self, dataset: str, done: int, total: int | None, now: float) -> str:
         start_t, start_rows = self.seen.setdefault(dataset, (now, done))
-        text = f"dataset {dataset}: {done:,}" + (f"/{int(total):,} rows ({done / max(int(total), 1):.0%})"
-                                                 if total != "?" else " rows")
+        text = f"dataset {dataset}: {done:,}" + (f"/{total:,} rows ({done / max(total, 1):.0%})"
+                                                 if total is not None else " rows")
         if now > start_t and done > start_rows:
             rate = (done - start_rows) / (now - start_t)
             text += f", {rate:,.1f} rows/s"
-            if total != "?":
-                left = int(max(int(total) - done, 0) / rate)
+            if total is not None:
+                left = int(max(total - done, 0) / rate)
                 text += f", ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
         return text

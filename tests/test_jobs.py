@@ -298,9 +298,10 @@ def _http_status(url: str, login: tuple[str, str] | None = None) -> int:
         return 0
 
 
-def _login(address: str) -> dict[str, str]:
-    """MLFLOW_TRACKING_USERNAME/PASSWORD as every node of that head's cluster derives them."""
-    env = _CLIENT_ENV[address]
+def _login(address: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """MLFLOW_TRACKING_USERNAME/PASSWORD as every node of that head's cluster derives them (or
+    as a node with environment ``env`` would)."""
+    env = env or _CLIENT_ENV[address]
     out = subprocess.run([str(BIN / "biocap-ray"), "mlflow-credentials"], env=env, capture_output=True, text=True,
                          check=True).stdout
     return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
@@ -371,9 +372,7 @@ def test_the_tracking_servers_login_follows_a_new_ray_token(ray_head, tmp_path):
         env = {**_CLIENT_ENV[ray_head], "RAY_AUTH_TOKEN": token}
         proc, uri = _start_tracking_server(tmp_path, env)
         try:
-            out = subprocess.run([str(BIN / "biocap-ray"), "mlflow-credentials"], env=env, capture_output=True,
-                                 text=True, check=True).stdout
-            login = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+            login = _login(ray_head, env)
             logins.append((login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"]))
             assert _http_status(uri + api, logins[-1]) == 200
             if len(logins) == 2:
