@@ -11,6 +11,7 @@ and cached under --workdir.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import resource
@@ -50,6 +51,28 @@ def _tree_pss_mb(root: int) -> float:
         except OSError:
             pass
     return total / 1024
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process, Ray's worker processes and Ray's own processes."""
+    import psutil
+
+    used = {"driver": 0.0, "ray workers": 0.0, "ray system": 0.0}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd, cpu = " ".join(proc.info["cmdline"] or []), proc.cpu_times()
+        except (psutil.Error, OSError):
+            continue
+        if proc.pid == os.getpid():
+            kind = "driver"
+        elif cmd.startswith("ray::") and not any(a in cmd for a in ("Agent", "_StatsActor", "_Autoscaling")):
+            kind = "ray workers"  # task workers (named after their task, or IDLE)
+        elif "ray" in cmd:
+            kind = "ray system"  # raylet, GCS, agents, Ray Data's stats and autoscaling actors
+        else:
+            continue
+        used[kind] += cpu.user + cpu.system
+    return used
 
 
 class PeakMemory:
@@ -93,25 +116,26 @@ def operator_seconds(stats: str) -> list[tuple[str, int, float, float]]:
     return rows
 
 
-def ray_pipeline(folder: Path, cfg) -> tuple[int, float, float, float, list]:
+def ray_pipeline(folder: Path, cfg, sample_memory: bool) -> tuple[int, float, float, float, list]:
     """The ingest as training runs it (``train.ingest``): shards read one task each, records
     parsed and decoded + resized in batches of ``data.batch_size`` in one fused operator,
     streamed to a consumer (here the driver) in batches of 256. Returns the images, seconds end
-    to end, seconds from the first batch on (start-up excluded), peak memory and the operators'
-    times."""
+    to end, seconds from the first batch on (start-up excluded), peak memory (with
+    ``sample_memory``: reading every process's page map takes about a tenth of 2 cores, so timed
+    runs leave it off) and the operators' times."""
     ds = read_records(str(folder), cfg, "webdataset").map_batches(
         _decode_batch, fn_kwargs={"size": SIZE, "max_pixels": cfg.max_image_pixels},
         batch_size=cfg.batch_size, num_cpus=cfg.num_cpus_per_task, batch_format="numpy",
     )
     n, first = 0, None
-    with PeakMemory() as mem:
+    with PeakMemory() if sample_memory else contextlib.nullcontext() as mem:
         start = time.perf_counter()
         for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
             first = first or (time.perf_counter(), n)
             n += len(batch["uid"])
         end = time.perf_counter()
     steady = (end - first[0]) * n / (n - first[1])  # the time all n would take at the steady rate
-    return n, end - start, steady, mem.peak, operator_seconds(ds.stats())
+    return n, end - start, steady, mem.peak if mem else float("nan"), operator_seconds(ds.stats())
 
 
 def plain_loop(shards: list[Path], size: int, max_pixels: int, batch_size: int) -> tuple[int, float, float, list]:
@@ -138,6 +162,22 @@ def plain_loop(shards: list[Path], size: int, max_pixels: int, batch_size: int) 
     return n, elapsed, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, stages
 
 
+def _plain_share(args: tuple) -> int:
+    return plain_loop(*args)[0]
+
+
+def plain_processes(shards: list[Path], processes: int, data) -> tuple[int, float]:
+    """The plain loop in one process per core, each over its share of the shards: what the cores
+    deliver here with no orchestration at all (two busy cores can be slower each than one)."""
+    from multiprocessing import get_context
+
+    shares = [(shards[i::processes], SIZE, data.max_image_pixels, data.batch_size) for i in range(processes)]
+    with get_context("spawn").Pool(processes) as pool:
+        start = time.perf_counter()
+        n = sum(pool.map(_plain_share, shares))
+        return n, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20000)
@@ -160,30 +200,46 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     rows, stages = [], {}
-    n, t, steady, peak, _ = ray_pipeline(small, cfg.data)
-    rows.append(("ray data", n, t, steady, cores, peak))
-    n, t, steady, peak, stages["ray data"] = ray_pipeline(shards[0].parent, cfg.data)
-    rows.append(("ray data", n, t, steady, cores, peak))
+    peaks = []
+    for folder in (small, shards[0].parent):
+        n, _, _, peak, _ = ray_pipeline(folder, cfg.data, sample_memory=True)
+        peaks.append((n, peak))
+    before = cpu_seconds()
+    n, t, steady, _, stages["ray data"] = ray_pipeline(shards[0].parent, cfg.data, sample_memory=False)
+    used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds().items()}
+    rows.append(("ray data", n, t, steady, cores, peaks[1][1]))
     ray.shutdown()
     n, t, steady, peak, stages["plain PIL loop"] = plain_loop(shards, SIZE, cfg.data.max_image_pixels,
                                                              cfg.data.batch_size)
     rows.append(("plain PIL loop", n, t, steady, 1, peak))
+    n, t = plain_processes(shards, cores, cfg.data)
+    rows.append((f"plain x{cores} procs", n, t, t, cores, float("nan")))
 
     print(f"\n{'pipeline':<16}{'images':>8}{'seconds':>9}{'img/s':>8}{'cores':>6}{'img/s/core':>11}"
           f"{'steady':>8}{'peak MB':>9}")
     for name, n, t, steady, c, peak in rows:
         print(f"{name:<16}{n:>8}{t:>9.1f}{n / t:>8.1f}{c:>6}{n / t / c:>11.1f}{n / steady / c:>8.1f}{peak:>9.0f}")
-    (_, n_ray, t_ray, s_ray, c_ray, _), (_, n_plain, t_plain, _, _, _) = rows[1], rows[2]
+    (_, n_ray, t_ray, s_ray, c_ray, _), (_, n_plain, t_plain, _, _, _) = rows[0], rows[1]
     print(f"\nper-core throughput ratio ray/plain: {(n_ray / t_ray / c_ray) / (n_plain / t_plain):.2f} end to end, "
           f"{(n_ray / s_ray / c_ray) / (n_plain / t_plain):.2f} steady (from the first batch on)")
-    print(f"peak memory {rows[0][1]} → {rows[1][1]} images: {rows[0][5]:.0f} MB → {rows[1][5]:.0f} MB "
-          f"({rows[1][5] / rows[0][5]:.2f}x for {rows[1][1] / rows[0][1]:.0f}x the images)")
+    n_all, t_all, c_all = rows[2][1], rows[2][2], rows[2][4]
+    print(f"against the plain loop in {c_all} processes at once (what {c_all} cores give here): "
+          f"{(n_ray / t_ray) / (n_all / t_all):.2f} end to end")
+    (n_small, peak_small), (n_big, peak_big) = peaks
+    print(f"peak memory (separate runs) {n_small} → {n_big} images: {peak_small:.0f} MB → {peak_big:.0f} MB "
+          f"({peak_big / peak_small:.2f}x for {n_big / n_small:.0f}x the images)")
     print(f"\nwhere the time went ({n_ray} images; ms per image, CPU and wall, summed over tasks)")
     print(f"{'run':<16}{'operator':<58}{'tasks':>6}{'cpu ms':>8}{'wall ms':>9}")
     for run, ops in stages.items():
         for name, tasks, cpu, wall in ops:
             print(f"{run:<16}{name[:57]:<58}{tasks:>6}{cpu / n_ray * 1e3:>8.3f}{wall / n_ray * 1e3:>9.3f}")
     print(f"ray data: {c_ray} cores x {t_ray:.1f} s = {c_ray * t_ray / n_ray * 1e3:.3f} core-ms per image end to end")
+    tasks = sum(cpu for _, _, cpu, _ in stages["ray data"])
+    idle = c_ray * t_ray - sum(used.values())
+    print(f"of which CPU (ms per image): tasks {tasks / n_ray * 1e3:.3f}, Ray workers outside tasks "
+          f"{(used['ray workers'] - tasks) / n_ray * 1e3:.3f}, driver (Ray Data's executor, batches) "
+          f"{used['driver'] / n_ray * 1e3:.3f}, Ray's own processes {used['ray system'] / n_ray * 1e3:.3f}, "
+          f"idle {idle / n_ray * 1e3:.3f}")
 
 
 if __name__ == "__main__":

@@ -324,3 +324,20 @@ def test_the_shard_reader_skips_an_oversized_member_without_reading_it_in():
     assert got[0]["jpg"] == b"x" * 1000 and got[0]["sci.txt"] == b"Corvus corax" and "__error__" not in got[0]
     assert "jpg" not in got[1] and "over the limit of 100,000" in got[1]["__error__"]
     assert peak < 1_000_000
+
+
+def test_a_shard_is_read_in_small_blocks(tmp_path, data_cfg, monkeypatch):
+    """A read task merges what it reads up to the block size; a shard of photos must arrive as
+    several blocks (decoded as it streams), not as one block that one task decodes whole."""
+    import ray
+
+    shards = tmp_path / "shards"
+    convert(str(SAMPLE), str(shards), data_cfg.model_copy(update={"samples_per_shard": 97}))
+    assert len(list(shards.glob("*.tar"))) == 1  # all 97 photos (5 MB) in one shard
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 2**20)
+    blocks = [ray.get(ref) for ref in readers.read_records(str(shards), data_cfg).to_arrow_refs()]
+    largest_photo = max(len(p.read_bytes()) for p in (SAMPLE / "images").iterdir())
+    assert sum(b.num_rows for b in blocks) == 97
+    assert len(blocks) >= 3
+    # a block closes once it passes the size, so it may hold one more of the source's yields
+    assert max(b.nbytes for b in blocks) <= 2**20 + data_cfg.batch_size * largest_photo
