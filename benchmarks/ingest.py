@@ -67,7 +67,7 @@ def cpu_seconds() -> dict[str, float]:
             kind = "driver"
         elif cmd.startswith("ray::") and not any(a in cmd for a in ("Agent", "_StatsActor", "_Autoscaling")):
             kind = "ray workers"  # task workers (named after their task, or IDLE)
-        elif "ray" in cmd:
+        elif cmd.startswith("ray::") or "/ray/" in cmd:
             kind = "ray system"  # raylet, GCS, agents, Ray Data's stats and autoscaling actors
         else:
             continue
