@@ -148,28 +148,45 @@ def _engine_processes() -> set[int]:
 
 
 def _actor_logs(needle: str) -> int:
-    """How often ``needle`` appears in the logs of this Ray session's workers and actors."""
+    """How often ``needle`` appears in the logs of this Ray session's workers and actors, those
+    that exited too: Ray's log monitor moves a dead worker's logs into ``logs/old``, at any time."""
     logs = Path(ray_session_dir()) / "logs"
-    return sum(p.read_text(errors="ignore").count(needle) for p in logs.glob("worker-*"))
+    names = {p.name for p in logs.glob("worker-*")} | {p.name for p in logs.glob("old/worker-*")}
+    count = 0
+    for name in names:
+        for path in (logs / name, logs / "old" / name):  # moved between listing and reading
+            try:
+                count += path.read_text(errors="ignore").count(needle)
+                break
+            except FileNotFoundError:
+                continue
+    return count
 
 
-ENGINE_READY = "init engine (profile, create kv cache"  # vLLM's own line when its engine has started
+def _engines_up() -> set[str]:
+    """The vLLM captioner actors that have finished their constructor, i.e. started their engine:
+    Ray marks an actor ALIVE only once its ``__init__`` has returned."""
+    from ray._private.state import actors
+
+    return {i for i, a in actors(actor_state_name="ALIVE").items() if "VLLMCaptioner" in a["ActorClassName"]}
 
 
 def test_vllm_engine_runs_the_same_pipeline_and_survives_its_engine_dying(dataset, tmp_path):
-    """Long captions keep the engine busy; 3 s after it is ready, vLLM's engine process is killed.
-    The actor starts a new engine and retries the rows: every uid is captioned exactly once."""
+    """Long captions keep the engine busy; 3 s after the engine actor is up, vLLM's engine process is
+    killed. The actor starts a new engine and retries the rows: every uid is captioned exactly once.
+    (Killed while the actor is still starting it, the engine would be retried as a failed start:
+    another path, so the kill waits for the actor to be up.)"""
     cfg = cfg_for("vllm", tmp_path, "caption.batch_size=1", "caption.sampling.max_tokens=1500")
     dst = tmp_path / "captions"
-    old, ready_before, died_before = _engine_processes(), _actor_logs(ENGINE_READY), _actor_logs("engine died")
+    old, up_before, died_before = _engine_processes(), _engines_up(), _actor_logs("engine died")
     killed: list[int] = []
     seen: set[int] = set()
     done = threading.Event()
 
     def kill_the_engine_midway():
-        while not done.wait(0.05):
+        while not done.wait(0.1):
             seen.update(_engine_processes() - old)
-            if not killed and _actor_logs(ENGINE_READY) > ready_before:
+            if not killed and _engines_up() - up_before:
                 time.sleep(3.0)  # the actor has its first images in the engine by now
                 for pid in seen:
                     os.kill(pid, signal.SIGKILL)
