@@ -165,7 +165,9 @@ def _actor_logs(needle: str) -> int:
 
 def _engines_up() -> set[str]:
     """The vLLM captioner actors that have finished their constructor, i.e. started their engine:
-    Ray marks an actor ALIVE only once its ``__init__`` has returned."""
+    Ray marks an actor ALIVE only once its ``__init__`` has returned. Read from Ray's actor table
+    directly: the public state API (``ray.util.state``) needs the dashboard, which these tests'
+    Ray runs without."""
     from ray._private.state import actors
 
     return {i for i, a in actors(actor_state_name="ALIVE").items() if "VLLMCaptioner" in a["ActorClassName"]}
