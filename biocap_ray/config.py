@@ -115,7 +115,8 @@ class CaptionConfig(_Strict):
     max_model_len: int = Field(default=2048, ge=128)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     quantization: str | None = None
-    dtype: str = "auto"
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        default="auto", description="engine weights' dtype: a typo is refused here, not inside an engine actor")
     enable_prefix_caching: bool = True
     sampling: SamplingConfig = SamplingConfig()
     copy_threshold: float = Field(default=0.5, ge=0, le=1, description="share of words copied from the excerpt")

@@ -65,3 +65,9 @@ def test_a_retry_without_a_second_attempt_is_refused_when_loaded():
     with pytest.raises(ConfigError, match="max_attempts"):
         load_config("local", ["caption.qc_action=retry", "caption.max_attempts=1"])
     assert load_config("local", ["caption.qc_action=retry", "caption.max_attempts=2"]).caption.max_attempts == 2
+
+
+def test_an_engine_dtype_outside_the_engines_choices_is_refused_when_loaded():
+    with pytest.raises(ConfigError, match=r"caption\.dtype.*'bfloat61'"):
+        load_config("local", ["caption.dtype=bfloat61"])
+    assert load_config("local", ["caption.dtype=bfloat16"]).caption.dtype == "bfloat16"

@@ -287,24 +287,26 @@ def caption(src: str, dst: str, cfg: Config, src_format: str | None = None) -> d
     expected = todo if todo is not None else len(readers.units(src, cfg.data, fmt)[0]) * cfg.data.samples_per_shard
     page_rate = page.sample_rate(c.page_rows, expected)
     prepared = ds.map_batches(_prepare_udf, fn_kwargs={"setup": setup, "folder": dst, "page_rate": page_rate}, **kw)
-    ledger = start_ledger()
-    written = _engine_stage(prepared, c, setup, ledger).map_batches(
-        _write_udf, fn_kwargs={"folder": dst}, batch_format="pyarrow", batch_size=c.rows_per_file,
-        num_cpus=c.num_cpus_per_task)
-    progress, coverage = _Progress(todo, "caption"), _Coverage(c.min_context_coverage)
-    images = 0
-    if todo != 0:
-        for counts in written.iter_batches(batch_format="pyarrow", batch_size=None):
-            for n, tokens, texted in zip(*(counts.column(k).to_pylist() for k in ("rows", "output_tokens",
-                                                                                   "with_context"))):
-                progress.update(n, tokens)
-                coverage.update(n, texted)
-                images += n
-    seconds, steady = progress.close(), progress.steady_rate()
     import ray
 
-    counts = ray.get(ledger.counts.remote())
-    ray.kill(ledger)
+    ledger = start_ledger()
+    try:
+        written = _engine_stage(prepared, c, setup, ledger).map_batches(
+            _write_udf, fn_kwargs={"folder": dst}, batch_format="pyarrow", batch_size=c.rows_per_file,
+            num_cpus=c.num_cpus_per_task)
+        progress, coverage = _Progress(todo, "caption"), _Coverage(c.min_context_coverage)
+        images = 0
+        if todo != 0:
+            for counts in written.iter_batches(batch_format="pyarrow", batch_size=None):
+                for n, tokens, texted in zip(*(counts.column(k).to_pylist()
+                                               for k in ("rows", "output_tokens", "with_context"))):
+                    progress.update(n, tokens)
+                    coverage.update(n, texted)
+                    images += n
+        seconds, steady = progress.close(), progress.steady_rate()
+        counts = ray.get(ledger.counts.remote())
+    finally:  # a failed run does not leave its ledger alive until the driver exits
+        ray.kill(ledger)
     summary = summarize(dst)
     texted = sum(v for k, v in summary["context_levels"].items() if k != "none")
     summary["context_coverage"] = round(texted / summary["captioned"], 4) if summary["captioned"] else None
