@@ -163,14 +163,14 @@ def _actor_logs(needle: str) -> int:
     return count
 
 
-def _engines_up() -> set[str]:
-    """The vLLM captioner actors that have finished their constructor, i.e. started their engine:
+def _alive(class_name: str) -> set[str]:
+    """The actors of a class that are alive. For an engine actor: it has started its engine, since
     Ray marks an actor ALIVE only once its ``__init__`` has returned. Read from Ray's actor table
     directly: the public state API (``ray.util.state``) needs the dashboard, which these tests'
     Ray runs without."""
     from ray._private.state import actors
 
-    return {i for i, a in actors(actor_state_name="ALIVE").items() if "VLLMCaptioner" in a["ActorClassName"]}
+    return {i for i, a in actors(actor_state_name="ALIVE").items() if class_name in a["ActorClassName"]}
 
 
 def test_vllm_engine_runs_the_same_pipeline_and_survives_its_engine_dying(dataset, tmp_path):
@@ -180,7 +180,7 @@ def test_vllm_engine_runs_the_same_pipeline_and_survives_its_engine_dying(datase
     another path, so the kill waits for the actor to be up.)"""
     cfg = cfg_for("vllm", tmp_path, "caption.batch_size=1", "caption.sampling.max_tokens=1500")
     dst = tmp_path / "captions"
-    old, up_before, died_before = _engine_processes(), _engines_up(), _actor_logs("engine died")
+    old, up_before, died_before = _engine_processes(), _alive("VLLMCaptioner"), _actor_logs("engine died")
     killed: list[int] = []
     seen: set[int] = set()
     done = threading.Event()
@@ -188,7 +188,7 @@ def test_vllm_engine_runs_the_same_pipeline_and_survives_its_engine_dying(datase
     def kill_the_engine_midway():
         while not done.wait(0.1):
             seen.update(_engine_processes() - old)
-            if not killed and _engines_up() - up_before:
+            if not killed and _alive("VLLMCaptioner") - up_before:
                 time.sleep(3.0)  # the actor has its first images in the engine by now
                 for pid in seen:
                     os.kill(pid, signal.SIGKILL)
@@ -212,6 +212,24 @@ def test_vllm_engine_runs_the_same_pipeline_and_survives_its_engine_dying(datase
     # the instructions and a class's format examples come first, so later prompts hit the prefix cache
     assert all(0 <= r["cached_tokens"] < r["input_tokens"] for r in good)
     assert summary["prefix_cache_hit_rate"] > 0.2
+
+
+def test_an_interrupted_run_leaves_no_ledger_actor_behind(dataset, tmp_path, monkeypatch):
+    """Ctrl-C in a notebook once the first captions are in: the run stops, and the actor that
+    counted its engines' rows goes with it rather than living on until the driver exits."""
+    from biocap_ray.caption import run
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run._Progress, "update", interrupted)
+    before = _alive("Ledger")
+    with pytest.raises(KeyboardInterrupt):
+        caption(str(dataset), str(tmp_path / "captions"), cfg_for("transformers", tmp_path))
+    deadline = time.time() + 20
+    while _alive("Ledger") - before and time.time() < deadline:  # ray.kill is asynchronous
+        time.sleep(0.2)
+    assert not _alive("Ledger") - before
 
 
 def test_qc_retry_regenerates_failures_and_merge_writes_caption_txt(dataset, tmp_path):
