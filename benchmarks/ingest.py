@@ -54,10 +54,14 @@ def _tree_pss_mb(root: int) -> float:
 
 
 def cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far of this process, Ray's worker processes and Ray's own processes."""
+    """CPU seconds so far of this process, Ray's live worker processes and Ray's own processes,
+    and the machine's idle core-seconds. A worker Ray stops mid-run takes its CPU time with it,
+    so what the tasks' workers used is best read as the rest: cores x time minus the others."""
     import psutil
 
-    used = {"driver": 0.0, "ray workers": 0.0, "ray system": 0.0}
+    machine = psutil.cpu_times()
+    used = {"driver": 0.0, "ray workers": 0.0, "ray system": 0.0,
+            "idle": machine.idle + getattr(machine, "iowait", 0.0)}
     for proc in psutil.process_iter(["cmdline"]):
         try:
             cmd, cpu = " ".join(proc.info["cmdline"] or []), proc.cpu_times()
@@ -178,68 +182,93 @@ def plain_processes(shards: list[Path], processes: int, data) -> tuple[int, floa
         return n, time.perf_counter() - start
 
 
+# Task sizes timed side by side: one CPU per task as the cluster preset, half as the local preset.
+# Ray Data reserves for each operator at least one task's CPUs, so on 2 CPUs the 1-CPU read holds
+# a CPU while it waits and one 1-CPU decode task runs at a time; at half a CPU three fit beside
+# the read. On a 16-CPU node each of the two operators reserves 4 CPUs (half the CPUs, split
+# between them) and the other 8 are shared, so 1-CPU tasks fill it.
+TASK_CPUS = (1.0, 0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--small", type=int, default=5000, help="smaller size for the flat-memory check")
+    parser.add_argument("--rounds", type=int, default=2, help="timed runs of each plan, alternating")
     parser.add_argument("--workdir", default="/tmp/biocap_bench")
     args = parser.parse_args()
 
     import ray
 
-    # one CPU per task, as the cluster preset (the local preset's half CPUs suit small test runs)
-    cfg = load_config("local", ["data.batch_size=64", "data.num_cpus_per_task=1"])
+    cfgs = {c: load_config("local", ["data.batch_size=64", f"data.num_cpus_per_task={c}"]).data for c in TASK_CPUS}
+    data = cfgs[1.0]
     shards = generate(Path(args.workdir) / f"synthetic-{args.images}", args.images)
     small = Path(args.workdir) / f"subset-{args.small}"
     small.mkdir(exist_ok=True)
     for shard in shards[: max(1, args.small // PER_SHARD)]:
         if not (small / shard.name).exists():
             (small / shard.name).symlink_to(shard)
-    cores = cfg.ray.num_cpus or os.cpu_count()
+    cores = load_config("local").ray.num_cpus or os.cpu_count()
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    rows, stages = [], {}
     peaks = []
     for folder in (small, shards[0].parent):
-        n, _, _, peak, _ = ray_pipeline(folder, cfg.data, sample_memory=True)
+        n, _, _, peak, _ = ray_pipeline(folder, data, sample_memory=True)
         peaks.append((n, peak))
-    before = cpu_seconds()
-    n, t, steady, _, stages["ray data"] = ray_pipeline(shards[0].parent, cfg.data, sample_memory=False)
-    used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds().items()}
-    rows.append(("ray data", n, t, steady, cores, peaks[1][1]))
+    # Alternating rounds in one Ray session: each plan, then the plain loop, so that a change in
+    # the machine's load falls on all of them (these machines are noisy)
+    runs: dict[str, list] = {}
+    for _ in range(args.rounds):
+        for c in TASK_CPUS:
+            before = cpu_seconds()
+            n, t, steady, _, stages = ray_pipeline(shards[0].parent, cfgs[c], sample_memory=False)
+            used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds().items()}
+            runs.setdefault(f"ray {c:g} cpu/task", []).append((n, t, steady, cores, stages, used))
+        n, t, steady, _, stages = plain_loop(shards, SIZE, data.max_image_pixels, data.batch_size)
+        runs.setdefault("plain PIL loop", []).append((n, t, steady, 1, stages, None))
     ray.shutdown()
-    n, t, steady, peak, stages["plain PIL loop"] = plain_loop(shards, SIZE, cfg.data.max_image_pixels,
-                                                             cfg.data.batch_size)
-    rows.append(("plain PIL loop", n, t, steady, 1, peak))
-    n, t = plain_processes(shards, cores, cfg.data)
-    rows.append((f"plain x{cores} procs", n, t, t, cores, float("nan")))
+    n, t = plain_processes(shards, cores, data)
+    all_cores = (n, t)
 
-    print(f"\n{'pipeline':<16}{'images':>8}{'seconds':>9}{'img/s':>8}{'cores':>6}{'img/s/core':>11}"
-          f"{'steady':>8}{'peak MB':>9}")
-    for name, n, t, steady, c, peak in rows:
-        print(f"{name:<16}{n:>8}{t:>9.1f}{n / t:>8.1f}{c:>6}{n / t / c:>11.1f}{n / steady / c:>8.1f}{peak:>9.0f}")
-    (_, n_ray, t_ray, s_ray, c_ray, _), (_, n_plain, t_plain, _, _, _) = rows[0], rows[1]
-    print(f"\nper-core throughput ratio ray/plain: {(n_ray / t_ray / c_ray) / (n_plain / t_plain):.2f} end to end, "
-          f"{(n_ray / s_ray / c_ray) / (n_plain / t_plain):.2f} steady (from the first batch on)")
-    n_all, t_all, c_all = rows[2][1], rows[2][2], rows[2][4]
-    print(f"against the plain loop in {c_all} processes at once (what {c_all} cores give here): "
-          f"{(n_ray / t_ray) / (n_all / t_all):.2f} end to end")
+    def rate(run, steady=False):  # images/s per core
+        n, t, s, c = run[:4]
+        return n / (s if steady else t) / c
+
+    print(f"\n{'pipeline':<18}{'images':>8}{'img/s/core per round':>24}{'mean':>7}{'steady':>8}")
+    for name, rs in runs.items():
+        per = [rate(r) for r in rs]
+        print(f"{name:<18}{rs[0][0]:>8}{', '.join(f'{x:.0f}' for x in per):>24}{sum(per) / len(per):>7.0f}"
+              f"{sum(rate(r, True) for r in rs) / len(rs):>8.0f}")
+    print(f"{f'plain x{cores} procs':<18}{all_cores[0]:>8}{all_cores[0] / all_cores[1] / cores:>24.0f}")
+    plain = runs["plain PIL loop"]
+    for name, rs in runs.items():
+        if name.startswith("ray"):
+            ratios = [rate(r) / rate(p) for r, p in zip(rs, plain)]
+            steady = [rate(r, True) / rate(p) for r, p in zip(rs, plain)]
+            print(f"per-core ratio {name} / plain loop, by round: {', '.join(f'{x:.2f}' for x in ratios)} end to end, "
+                  f"{', '.join(f'{x:.2f}' for x in steady)} steady (from the first batch on); against the plain loop in "
+                  f"{cores} processes at once (what {cores} cores give here): "
+                  f"{sum(rate(r) for r in rs) / len(rs) * cores / (all_cores[0] / all_cores[1]):.2f}")
     (n_small, peak_small), (n_big, peak_big) = peaks
-    print(f"peak memory (separate runs) {n_small} → {n_big} images: {peak_small:.0f} MB → {peak_big:.0f} MB "
+    print(f"peak memory (separate runs, 1 cpu/task) {n_small} → {n_big} images: {peak_small:.0f} MB → {peak_big:.0f} MB "
           f"({peak_big / peak_small:.2f}x for {n_big / n_small:.0f}x the images)")
-    print(f"\nwhere the time went ({n_ray} images; ms per image, CPU and wall, summed over tasks)")
-    print(f"{'run':<16}{'operator':<58}{'tasks':>6}{'cpu ms':>8}{'wall ms':>9}")
-    for run, ops in stages.items():
-        for name, tasks, cpu, wall in ops:
-            print(f"{run:<16}{name[:57]:<58}{tasks:>6}{cpu / n_ray * 1e3:>8.3f}{wall / n_ray * 1e3:>9.3f}")
-    print(f"ray data: {c_ray} cores x {t_ray:.1f} s = {c_ray * t_ray / n_ray * 1e3:.3f} core-ms per image end to end")
-    tasks = sum(cpu for _, _, cpu, _ in stages["ray data"])
-    idle = c_ray * t_ray - sum(used.values())
-    print(f"of which CPU (ms per image): tasks {tasks / n_ray * 1e3:.3f}, Ray workers outside tasks "
-          f"{(used['ray workers'] - tasks) / n_ray * 1e3:.3f}, driver (Ray Data's executor, batches) "
-          f"{used['driver'] / n_ray * 1e3:.3f}, Ray's own processes {used['ray system'] / n_ray * 1e3:.3f}, "
-          f"idle {idle / n_ray * 1e3:.3f}")
+    print("\nwhere the time went (last round; ms per image, CPU and wall, summed over tasks)")
+    print(f"{'run':<18}{'operator':<56}{'tasks':>6}{'cpu ms':>8}{'wall ms':>9}")
+    for name, rs in runs.items():
+        n = rs[-1][0]
+        for op, tasks, cpu, wall in rs[-1][4]:
+            print(f"{name:<18}{op[:55]:<56}{tasks:>6}{cpu / n * 1e3:>8.3f}{wall / n * 1e3:>9.3f}")
+    for name, rs in runs.items():
+        if not name.startswith("ray"):
+            continue
+        n, t, _, c, stages, used = rs[-1]
+        tasks = sum(cpu for _, _, cpu, _ in stages)
+        rest = c * t - tasks - used["driver"] - used["ray system"] - used["idle"]
+        print(f"{name}: {c} cores x {t:.1f} s = {c * t / n * 1e3:.3f} core-ms per image: tasks {tasks / n * 1e3:.3f}, "
+              f"driver (Ray Data's executor, batches) {used['driver'] / n * 1e3:.3f}, Ray's own processes "
+              f"{used['ray system'] / n * 1e3:.3f}, idle cores {used['idle'] / n * 1e3:.3f}, the rest (Ray's "
+              f"workers outside tasks, anything else on the machine) {rest / n * 1e3:.3f}")
 
 
 if __name__ == "__main__":
