@@ -1,6 +1,7 @@
-"""Ingest throughput: Ray Data (read shards → records → decode → resize to 224 px) against a plain
-single-process PIL loop over the same shards, in one run; peak memory at two sizes to show the
-Ray pipeline streams rather than materialises; and where each one's time went.
+"""Ingest throughput: Ray Data (read shards → records → decode → resize to 224 px, at one and at
+half a CPU per task) against a plain single-process PIL loop over the same shards, in alternating
+rounds of one run; peak memory at two sizes to show the Ray pipeline streams rather than
+materialises; and where each one's time went.
 
     .venv/bin/python benchmarks/ingest.py --images 20000
 
