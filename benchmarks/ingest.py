@@ -55,13 +55,13 @@ def _tree_pss_mb(root: int) -> float:
 
 
 def cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far of this process, Ray's live worker processes and Ray's own processes,
-    and the machine's idle core-seconds. A worker Ray stops mid-run takes its CPU time with it,
-    so what the tasks' workers used is best read as the rest: cores x time minus the others."""
+    """CPU seconds so far of this process and Ray's own processes, and the machine's idle
+    core-seconds. Task workers are left out: a worker Ray stops mid-run takes its CPU time with
+    it, so what they used outside tasks is read as the rest, cores x time minus the others."""
     import psutil
 
     machine = psutil.cpu_times()
-    used = {"driver": 0.0, "ray workers": 0.0, "ray system": 0.0,
+    used = {"driver": 0.0, "ray system": 0.0,
             "idle": machine.idle + getattr(machine, "iowait", 0.0)}
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -71,7 +71,7 @@ def cpu_seconds() -> dict[str, float]:
         if proc.pid == os.getpid():
             kind = "driver"
         elif cmd.startswith("ray::") and not any(a in cmd for a in ("Agent", "_StatsActor", "_Autoscaling")):
-            kind = "ray workers"  # task workers (named after their task, or IDLE)
+            continue  # task workers (named after their task, or IDLE)
         elif cmd.startswith("ray::") or "/ray/" in cmd:
             kind = "ray system"  # raylet, GCS, agents, Ray Data's stats and autoscaling actors
         else:
@@ -201,7 +201,8 @@ def main() -> None:
 
     import ray
 
-    cfgs = {c: load_config("local", ["data.batch_size=64", f"data.num_cpus_per_task={c}"]).data for c in TASK_CPUS}
+    local = load_config("local", ["data.batch_size=64"])
+    cfgs = {c: local.data.model_copy(update={"num_cpus_per_task": c}) for c in TASK_CPUS}
     data = cfgs[1.0]
     shards = generate(Path(args.workdir) / f"synthetic-{args.images}", args.images)
     small = Path(args.workdir) / f"subset-{args.small}"
@@ -209,7 +210,7 @@ def main() -> None:
     for shard in shards[: max(1, args.small // PER_SHARD)]:
         if not (small / shard.name).exists():
             (small / shard.name).symlink_to(shard)
-    cores = load_config("local").ray.num_cpus or os.cpu_count()
+    cores = local.ray.num_cpus or os.cpu_count()
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
@@ -230,7 +231,7 @@ def main() -> None:
         runs.setdefault("plain PIL loop", []).append((n, t, steady, 1, stages, None))
     ray.shutdown()
     n, t = plain_processes(shards, cores, data)
-    all_cores = (n, t)
+    all_cores_rate = n / t  # images/s of the plain loop on every core at once
 
     def rate(run, steady=False):  # images/s per core
         n, t, s, c = run[:4]
@@ -241,7 +242,7 @@ def main() -> None:
         per = [rate(r) for r in rs]
         print(f"{name:<18}{rs[0][0]:>8}{', '.join(f'{x:.0f}' for x in per):>24}{sum(per) / len(per):>7.0f}"
               f"{sum(rate(r, True) for r in rs) / len(rs):>8.0f}")
-    print(f"{f'plain x{cores} procs':<18}{all_cores[0]:>8}{all_cores[0] / all_cores[1] / cores:>24.0f}")
+    print(f"{f'plain x{cores} procs':<18}{n:>8}{all_cores_rate / cores:>24.0f}")
     plain = runs["plain PIL loop"]
     for name, rs in runs.items():
         if name.startswith("ray"):
@@ -250,7 +251,7 @@ def main() -> None:
             print(f"per-core ratio {name} / plain loop, by round: {', '.join(f'{x:.2f}' for x in ratios)} end to end, "
                   f"{', '.join(f'{x:.2f}' for x in steady)} steady (from the first batch on); against the plain loop in "
                   f"{cores} processes at once (what {cores} cores give here): "
-                  f"{sum(rate(r) for r in rs) / len(rs) * cores / (all_cores[0] / all_cores[1]):.2f}")
+                  f"{sum(rate(r) for r in rs) / len(rs) * cores / all_cores_rate:.2f}")
     (n_small, peak_small), (n_big, peak_big) = peaks
     print(f"peak memory (separate runs, 1 cpu/task) {n_small} → {n_big} images: {peak_small:.0f} MB → {peak_big:.0f} MB "
           f"({peak_big / peak_small:.2f}x for {n_big / n_small:.0f}x the images)")
