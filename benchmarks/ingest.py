@@ -27,6 +27,7 @@ from synthetic import PER_SHARD, generate
 from biocap_ray.config import load_config
 from biocap_ray.data.images import load_rgb
 from biocap_ray.data.readers import read_records
+from biocap_ray.runtime import local_options
 
 SIZE = 224  # the side images are decoded and resized to, as for a ViT-B-16
 
@@ -171,16 +172,14 @@ def _plain_share(args: tuple) -> int:
     return plain_loop(*args)[0]
 
 
-def plain_processes(shards: list[Path], processes: int, data) -> tuple[int, float]:
-    """The plain loop in one process per core, each over its share of the shards: what the cores
-    deliver here with no orchestration at all (two busy cores can be slower each than one)."""
-    from multiprocessing import get_context
-
+def plain_processes(pool, shards: list[Path], processes: int, data) -> tuple[int, float]:
+    """The plain loop in one process per core (``pool``'s), each over its share of the shards:
+    what the cores deliver here with no orchestration at all (two busy cores can be slower each
+    than one)."""
     shares = [(shards[i::processes], SIZE, data.max_image_pixels, data.batch_size) for i in range(processes)]
-    with get_context("spawn").Pool(processes) as pool:
-        start = time.perf_counter()
-        n = sum(pool.map(_plain_share, shares))
-        return n, time.perf_counter() - start
+    start = time.perf_counter()
+    n = sum(pool.map(_plain_share, shares))
+    return n, time.perf_counter() - start
 
 
 # Task sizes timed side by side: one CPU per task as the cluster preset, half as the local preset.
@@ -199,6 +198,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/biocap_bench")
     args = parser.parse_args()
 
+    from multiprocessing import get_context
+
     import ray
 
     local = load_config("local", ["data.batch_size=64"])
@@ -211,16 +212,18 @@ def main() -> None:
         if not (small / shard.name).exists():
             (small / shard.name).symlink_to(shard)
     cores = local.ray.num_cpus or os.cpu_count()
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    ray.init(**local_options(cores), include_dashboard=False, log_to_driver=False)  # as ``init_ray`` starts it
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     peaks = []
     for folder in (small, shards[0].parent):
         n, _, _, peak, _ = ray_pipeline(folder, data, sample_memory=True)
         peaks.append((n, peak))
-    # Alternating rounds in one Ray session: each plan, then the plain loop, so that a change in
-    # the machine's load falls on all of them (these machines are noisy)
+    # Alternating rounds in one Ray session: each plan, then the plain loop in one process and in
+    # one per core, so that a change in the machine's load falls on all of them (these machines
+    # are noisy)
     runs: dict[str, list] = {}
+    pool = get_context("spawn").Pool(cores)
     for _ in range(args.rounds):
         for c in TASK_CPUS:
             before = cpu_seconds()
@@ -229,9 +232,10 @@ def main() -> None:
             runs.setdefault(f"ray {c:g} cpu/task", []).append((n, t, steady, cores, stages, used))
         n, t, steady, _, stages = plain_loop(shards, SIZE, data.max_image_pixels, data.batch_size)
         runs.setdefault("plain PIL loop", []).append((n, t, steady, 1, stages, None))
+        n, t = plain_processes(pool, shards, cores, data)
+        runs.setdefault(f"plain x{cores} procs", []).append((n, t, t, cores, [], None))
+    pool.close()
     ray.shutdown()
-    n, t = plain_processes(shards, cores, data)
-    all_cores_rate = n / t  # images/s of the plain loop on every core at once
 
     def rate(run, steady=False):  # images/s per core
         n, t, s, c = run[:4]
@@ -242,16 +246,15 @@ def main() -> None:
         per = [rate(r) for r in rs]
         print(f"{name:<18}{rs[0][0]:>8}{', '.join(f'{x:.0f}' for x in per):>24}{sum(per) / len(per):>7.0f}"
               f"{sum(rate(r, True) for r in rs) / len(rs):>8.0f}")
-    print(f"{f'plain x{cores} procs':<18}{n:>8}{all_cores_rate / cores:>24.0f}")
-    plain = runs["plain PIL loop"]
+    plain, all_cores = runs["plain PIL loop"], runs[f"plain x{cores} procs"]
     for name, rs in runs.items():
         if name.startswith("ray"):
             ratios = [rate(r) / rate(p) for r, p in zip(rs, plain)]
             steady = [rate(r, True) / rate(p) for r, p in zip(rs, plain)]
-            print(f"per-core ratio {name} / plain loop, by round: {', '.join(f'{x:.2f}' for x in ratios)} end to end, "
-                  f"{', '.join(f'{x:.2f}' for x in steady)} steady (from the first batch on); against the plain loop in "
-                  f"{cores} processes at once (what {cores} cores give here): "
-                  f"{sum(rate(r) for r in rs) / len(rs) * cores / all_cores_rate:.2f}")
+            same_cores = [rate(r) / rate(p) for r, p in zip(rs, all_cores)]
+            print(f"per-core ratio {name}, by round: to the plain loop {', '.join(f'{x:.2f}' for x in ratios)} end "
+                  f"to end, {', '.join(f'{x:.2f}' for x in steady)} from the first batch on; to the plain loop in "
+                  f"{cores} processes at once (the same {cores} cores busy) {', '.join(f'{x:.2f}' for x in same_cores)}")
     (n_small, peak_small), (n_big, peak_big) = peaks
     print(f"peak memory (separate runs, 1 cpu/task) {n_small} → {n_big} images: {peak_small:.0f} MB → {peak_big:.0f} MB "
           f"({peak_big / peak_small:.2f}x for {n_big / n_small:.0f}x the images)")

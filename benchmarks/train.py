@@ -1,8 +1,9 @@
 """Training throughput: the Ray Train run (2 workers, DDP on gloo, Ray Data ingest) against a
 plain single-process torch loop with the same model, data, global batch and total cores, in
-one run. Prints samples/s, the ratio, and where each spends its time (data vs compute).
+alternating rounds of one run. Prints samples/s, the ratio by round, and where each spends its
+time (data vs compute).
 
-    .venv/bin/python benchmarks/train.py --images 2048 --steps 40
+    .venv/bin/python benchmarks/train.py --images 2048 --steps 40 --rounds 2
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from synthetic import generate
 
 from biocap_ray.config import load_config
 from biocap_ray.models.clip import build_model
+from biocap_ray.runtime import local_options
 from biocap_ray.train.ingest import training_rows
 from biocap_ray.train.loop import compute_loss, cosine_with_warmup, param_groups
 
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32, help="per worker")
+    parser.add_argument("--rounds", type=int, default=2, help="timed runs of each, alternating")
     parser.add_argument("--workdir", default="/tmp/biocap_bench")
     args = parser.parse_args()
 
@@ -123,18 +126,25 @@ def main() -> None:
                  "data.batch_size=64"]
     cfg = load_config("local", overrides)
     os.environ["OMP_NUM_THREADS"] = "1"  # one core per Ray worker, two for the plain loop
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    ray_rate, ray_data, ray_compute = ray_run(shards[0].parent, cfg, args.steps)
-    ray.shutdown()
-    print(f"ray train: {ray_rate:.1f} samples/s", flush=True)
-    plain_rate, plain_data, plain_compute = plain_loop(shards, cfg, args.steps, threads=2)
+    # Alternating rounds, Ray stopped while the plain loop runs, so that a change in the
+    # machine's load falls on both (these machines are noisy)
+    runs: dict[str, list] = {"ray train (2 workers)": [], "plain torch loop": []}
+    for _ in range(args.rounds):
+        ray.init(**local_options(2), include_dashboard=False, log_to_driver=False,  # as ``init_ray`` starts it
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        runs["ray train (2 workers)"].append(ray_run(shards[0].parent, cfg, args.steps))
+        ray.shutdown()
+        runs["plain torch loop"].append(plain_loop(shards, cfg, args.steps, threads=2))
+        print(f"round {len(runs['plain torch loop'])}: " + ", ".join(f"{k} {v[-1][0]:.1f} samples/s"
+                                                                    for k, v in runs.items()), flush=True)
 
     print(f"\nmodel {MODEL}, global batch {args.batch_size * 2}, {args.steps} timed steps, 2 cores each")
-    print(f"{'run':<26}{'samples/s':>10}{'data s':>9}{'compute s':>11}")
-    print(f"{'ray train (2 workers)':<26}{ray_rate:>10.1f}{ray_data:>9.1f}{ray_compute:>11.1f}")
-    print(f"{'plain torch loop':<26}{plain_rate:>10.1f}{plain_data:>9.1f}{plain_compute:>11.1f}")
-    print(f"\nratio ray/plain: {ray_rate / plain_rate:.2f}   (ray data/compute are per worker, summed over steps)")
+    print(f"{'run':<26}{'samples/s by round':>24}{'data s':>9}{'compute s':>11}")
+    for name, rs in runs.items():
+        print(f"{name:<26}{', '.join(f'{r[0]:.1f}' for r in rs):>24}{rs[-1][1]:>9.1f}{rs[-1][2]:>11.1f}")
+    ratios = [r[0] / p[0] for r, p in zip(*runs.values())]
+    print(f"\nratio ray/plain by round: {', '.join(f'{x:.2f}' for x in ratios)}   (data/compute s: the last "
+          "round; Ray's are per worker, summed over steps)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,20 @@ if TYPE_CHECKING:  # workers import this module for their setup hook: keep it li
 
 log = logging.getLogger(__name__)
 
+# Ray keeps as many idle workers as CPUs and stops the others after a second idle. Tasks at a
+# half or a quarter of a CPU (the local preset's) run two to four workers per CPU, so a stage
+# stopped and restarted workers between its tasks, about a second of CPU each to start Python,
+# Ray and the task's imports: 0.4-1.0 core-ms per image of a 10k-image ingest on 2 cores, a
+# tenth of its time (``benchmarks/ingest.py``).
+IDLE_WORKERS_PER_CPU = 4
+
+
+def local_options(num_cpus: int | None) -> dict:
+    """``ray.init`` options of a locally started Ray: ``num_cpus`` (None: all) and an idle
+    worker pool that holds the workers of quarter-CPU tasks."""
+    cpus = num_cpus or os.cpu_count() or 1
+    return {"num_cpus": num_cpus, "_system_config": {"num_workers_soft_limit": IDLE_WORKERS_PER_CPU * cpus}}
+
 
 def init_ray(cfg: RayConfig) -> None:
     """Join ``cfg.address`` (or ``RAY_ADDRESS``), else start a local Ray sized by the config."""
@@ -26,7 +40,7 @@ def init_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
-        kwargs = {"num_cpus": cfg.num_cpus, "include_dashboard": False, "runtime_env": runtime_env}
+        kwargs = {**local_options(cfg.num_cpus), "include_dashboard": False, "runtime_env": runtime_env}
         if cfg.object_store_memory_mb:
             kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
         ray.init(**kwargs)

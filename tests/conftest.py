@@ -69,8 +69,10 @@ def ray_local(s3_endpoint):
     """Local Ray on 2 CPUs, started after the S3 variables are set so workers inherit them."""
     import ray
 
+    from biocap_ray.runtime import local_options
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(**local_options(2), include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
