@@ -13,19 +13,19 @@ if TYPE_CHECKING:  # workers import this module for their setup hook: keep it li
 
 log = logging.getLogger(__name__)
 
-# Ray keeps as many idle workers as CPUs and stops the others after a second idle. Tasks at a
-# half or a quarter of a CPU (the local preset's) run two to four workers per CPU, so a stage
-# stopped and restarted workers between its tasks, about a second of CPU each to start Python,
-# Ray and the task's imports: 0.4-1.0 core-ms per image of a 10k-image ingest on 2 cores, a
-# tenth of its time (``benchmarks/ingest.py``).
-IDLE_WORKERS_PER_CPU = 4
+# While more worker processes than CPUs are alive (actors count too), Ray stops those idle for a
+# second. Tasks at a half or a quarter of a CPU (the local preset's) run two to four workers per
+# CPU, so a stage stopped and restarted workers between its tasks, about a second of CPU each
+# to start Python, Ray and the task's imports: 0.4-1.0 core-ms per image of a 10k-image ingest
+# on 2 cores, a tenth of its time (``benchmarks/ingest.py``).
+WORKERS_PER_CPU = 4
 
 
 def local_options(num_cpus: int | None) -> dict:
-    """``ray.init`` options of a locally started Ray: ``num_cpus`` (None: all) and an idle
-    worker pool that holds the workers of quarter-CPU tasks."""
+    """``ray.init`` options of a locally started Ray: ``num_cpus`` (None: all) and a worker pool
+    that holds the workers of quarter-CPU tasks while they wait for the next."""
     cpus = num_cpus or os.cpu_count() or 1
-    return {"num_cpus": num_cpus, "_system_config": {"num_workers_soft_limit": IDLE_WORKERS_PER_CPU * cpus}}
+    return {"num_cpus": num_cpus, "_system_config": {"num_workers_soft_limit": WORKERS_PER_CPU * cpus}}
 
 
 def init_ray(cfg: RayConfig) -> None:
