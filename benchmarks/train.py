@@ -25,7 +25,7 @@ from biocap_ray.config import load_config
 from biocap_ray.models.clip import build_model
 from biocap_ray.runtime import local_options
 from biocap_ray.train.ingest import training_rows
-from biocap_ray.train.loop import compute_loss, cosine_with_warmup, param_groups
+from biocap_ray.train.loop import build_optimizer, compute_loss, cosine_with_warmup
 
 MODEL = "biocap-small"
 
@@ -42,7 +42,7 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
     torch.manual_seed(t.seed)
     model, _ = build_model(t.model, None, t.dual_projector, False)
     model.train()
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps)
+    opt = build_optimizer(model, t)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(t.warmup_steps, steps))
     loss_fn = open_clip.ClipLoss()
     batch_size = t.batch_size * t.num_workers

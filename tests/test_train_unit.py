@@ -102,6 +102,33 @@ def test_weight_decay_spares_exactly_what_the_papers_code_spares():
             "label_proj", "caption_proj", "clip.visual.conv1.weight"} <= decayed
 
 
+def test_training_optimizer_is_fused_adamw_with_the_papers_groups_and_update():
+    """The fused optimizer keeps the decay groups and makes the update the per-tensor loop makes."""
+    from biocap_ray.train.loop import build_optimizer, param_groups
+
+    t = load_config("local", ["train.model=biocap-tiny", "train.weight_decay=0.2", "train.lr=0.01"]).train
+    # float64: attention's key biases get a gradient of rounding noise only, which Adam's
+    # normalisation would otherwise blow up into different steps in the two implementations
+    model, reference = build_model(t.model, None)[0].double(), build_model(t.model, None)[0].double()
+    reference.load_state_dict(model.state_dict())
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = build_optimizer(model, t)
+    loop = torch.optim.AdamW(param_groups(reference, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps,
+                             foreach=False)
+    assert [(g["fused"], g["weight_decay"]) for g in fused.param_groups] == [(True, 0.0), (True, 0.2)]
+    for step in range(3):
+        for m, opt in ((model, fused), (reference, loop)):
+            torch.manual_seed(step)
+            images, tokens = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randint(1, 400, (4, 32))
+            image, texts, scales = m(images, [tokens], ["label"])
+            open_clip.ClipLoss()(image["label"], texts[0], scales["label"]).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
+    assert not torch.equal(model.state_dict()["label_proj"], initial["label_proj"])  # it did train
+
+
 @pytest.mark.parametrize("mode", ["sample", "joint"])
 def test_two_micro_batches_of_b_are_one_batch_of_2b(mode):
     """Accumulation contrasts the whole accumulated batch: same loss, same gradients."""

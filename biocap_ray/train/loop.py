@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from biocap_ray import storage
-from biocap_ray.config import Config
+from biocap_ray.config import Config, TrainConfig
 from biocap_ray.models.checkpoints import STATE_FILE
 from biocap_ray.models.clip import BioCAPModel, build_model
 from biocap_ray.train.ingest import batch_options
@@ -37,6 +37,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
         (no_decay if exclude else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``, fused: one kernel over all parameters instead of a loop of
+    small ops per tensor. On CPU the loop took a fifth of a DDP worker's step, and every DDP
+    worker runs the whole update (``benchmarks/train.py``); fused runs on CUDA and CPU alike."""
+    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps, fused=True)
 
 
 def cosine_with_warmup(warmup: int, total: int):
@@ -186,7 +193,7 @@ def train_loop(config: dict) -> None:
         "find_unused_parameters": t.mode == "sample" and t.dual_projector, "gradient_as_bucket_view": True})
     unwrapped: BioCAPModel = model.module if hasattr(model, "module") else model
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(param_groups(unwrapped, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps)
+    optimizer = build_optimizer(unwrapped, t)
     total_steps = args.total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(t.warmup_steps, total_steps))
     state = _restore(unwrapped, optimizer, scheduler)
