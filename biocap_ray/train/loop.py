@@ -41,7 +41,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.AdamW:
     """AdamW over ``param_groups``, fused: one kernel over all parameters instead of a loop of
-    small ops per tensor. On CPU the loop took a fifth of a DDP worker's step, and every DDP
+    small ops per tensor. On CPU the loop took a sixth of a DDP worker's step, and every DDP
     worker runs the whole update (``benchmarks/train.py``); fused runs on CUDA and CPU alike."""
     return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=t.betas, eps=t.eps, fused=True)
 
