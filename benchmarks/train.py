@@ -1,7 +1,7 @@
 """Training throughput: the Ray Train run (2 workers, DDP on gloo, Ray Data ingest) against a
 plain single-process torch loop with the same model, data, global batch and total cores, in
 alternating rounds of one run. Prints samples/s, the ratio by round, and where each spends its
-time (data vs compute).
+time: data vs compute, and the cores each kind of process used during the timed steps.
 
     .venv/bin/python benchmarks/train.py --images 2048 --steps 40 --rounds 2
 """
@@ -14,6 +14,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,11 +31,71 @@ from biocap_ray.train.loop import build_optimizer, compute_loss, cosine_with_war
 MODEL = "biocap-small"
 
 
-def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float, float, float]:
-    """Decode, augment, tokenise and train in one process: (samples/s, data s, compute s)."""
+def _kind(cmd: str) -> str | None:
+    """What a process is, by its command line: the Ray processes a training run starts."""
+    if cmd.startswith("ray::RayTrainWorker"):
+        return "trainers"
+    if cmd.startswith("ray::SplitCoordinator"):
+        return "split coordinator"
+    if cmd.startswith("ray::") and any(k in cmd for k in ("MapWorker", "MapBatches", "Read", "IDLE")):
+        return "ingest tasks"
+    if cmd.startswith("ray::") or "/ray/" in cmd:
+        return "ray system"  # raylet, GCS, agents, Ray Train's controller
+    return None
+
+
+class CoreShares:
+    """Samples every second the CPU seconds of this machine's Ray processes by kind (and of
+    this process, and the idle cores), keeping a dead process's last reading, so that the cores
+    each kind used between two moments of a run can be read afterwards (:meth:`between`)."""
+
+    def __init__(self):
+        import psutil
+
+        self._psutil, self.samples, self._last = psutil, [], {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._base = self._read()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _read(self) -> dict[str, float]:
+        for proc in self._psutil.process_iter(["cmdline"]):
+            try:
+                kind = "driver" if proc.pid == os.getpid() else _kind(" ".join(proc.info["cmdline"] or []))
+                if kind:
+                    cpu = proc.cpu_times()
+                    self._last[proc.pid] = (kind, cpu.user + cpu.system)
+            except (self._psutil.Error, OSError):
+                continue
+        totals: dict[str, float] = {"idle": self._psutil.cpu_times().idle}
+        for kind, cpu in self._last.values():
+            totals[kind] = totals.get(kind, 0.0) + cpu
+        return totals
+
+    def _run(self):
+        while not self._stop.wait(1.0):
+            self.samples.append((time.time(), self._read()))
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        """Cores used by each kind from the sample nearest ``start`` to the one nearest ``end``."""
+        (t0, a), (t1, b) = (min(self.samples, key=lambda s: abs(s[0] - t)) for t in (start, end))
+        return {k: (b.get(k, 0.0) - a.get(k, 0.0)) / (t1 - t0) for k in b}
+
+
+def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float, float, float, dict]:
+    """Decode, augment, tokenise and train in one process: (samples/s, data s, compute s, cores
+    used), over the timed steps."""
     import json
 
     import open_clip
+    import psutil
     import pyarrow as pa
 
     torch.set_num_threads(threads)
@@ -72,6 +133,7 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
     for step in range(steps + 3):
         if step == 3:
             start, data_s, compute_s = time.perf_counter(), 0.0, 0.0
+            cpu, idle = time.process_time(), psutil.cpu_times().idle
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
@@ -84,27 +146,35 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
         data_s += t1 - t0
         compute_s += t2 - t1
         done += batch_size if step >= 3 else 0
-    return done / (time.perf_counter() - start), data_s, compute_s
+    wall = time.perf_counter() - start
+    cores = {"driver": (time.process_time() - cpu) / wall, "idle": (psutil.cpu_times().idle - idle) / wall}
+    return done / wall, data_s, compute_s, cores
 
 
-def ray_run(folder: Path, cfg, steps: int) -> tuple[float, float, float]:
+def ray_run(folder: Path, cfg, steps: int) -> tuple[float, float, float, dict]:
+    """Train with Ray: (samples/s, data s and compute s per worker, cores used by kind), over
+    the timed steps."""
     from biocap_ray.train.run import train
 
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    train(str(folder), str(out), cfg, run_name="bench")
+    with CoreShares() as shares:
+        train(str(folder), str(out), cfg, run_name="bench")
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     run = mlflow.search_runs(experiment_names=["biocap"], output_format="list")[0]
     client = mlflow.MlflowClient()
 
     def history(key):
-        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+        return sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
 
-    rates, data, compute = history("samples_per_s_per_worker"), history("data_wait_s"), history("compute_s")
+    rates = history("samples_per_s_per_worker")
+    data, compute = ([m.value for m in history(k)] for k in ("data_wait_s", "compute_s"))
     warm = 3  # skip start-up steps, as for the plain loop
-    seconds = sum(cfg.train.batch_size / r for r in rates[warm:])  # each logged step is one batch per worker
+    seconds = sum(cfg.train.batch_size / r.value for r in rates[warm:])  # each logged step is one batch per worker
     rate = cfg.train.num_workers * cfg.train.batch_size * len(rates[warm:]) / seconds
     shutil.rmtree(out)
-    return rate, sum(data[warm:]), sum(compute[warm:])
+    # each step's metrics are logged as it ends: the timed steps run from step ``warm``'s log on
+    cores = shares.between(rates[warm - 1].timestamp / 1000, rates[-1].timestamp / 1000)
+    return rate, sum(data[warm:]), sum(compute[warm:]), cores
 
 
 def main() -> None:
@@ -142,6 +212,11 @@ def main() -> None:
     print(f"{'run':<26}{'samples/s by round':>24}{'data s':>9}{'compute s':>11}")
     for name, rs in runs.items():
         print(f"{name:<26}{', '.join(f'{r[0]:.1f}' for r in rs):>24}{rs[-1][1]:>9.1f}{rs[-1][2]:>11.1f}")
+    print("\ncores in use during the timed steps, last round (2 in all; the plain loop is the 'driver')")
+    kinds = ["trainers", "ingest tasks", "split coordinator", "ray system", "driver", "idle"]
+    print(f"{'run':<26}" + "".join(f"{k:>18}" for k in kinds))
+    for name, rs in runs.items():
+        print(f"{name:<26}" + "".join(f"{rs[-1][3].get(k, 0.0):>18.2f}" for k in kinds))
     ratios = [r[0] / p[0] for r, p in zip(*runs.values())]
     print(f"\nratio ray/plain by round: {', '.join(f'{x:.2f}' for x in ratios)}   (data/compute s: the last "
           "round; Ray's are per worker, summed over steps)")

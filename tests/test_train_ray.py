@@ -227,3 +227,32 @@ def test_the_ingest_is_one_operator(capsys, tmp_path, fmt, actors, operator, dec
     assert operators[0].startswith(f"{operator}[{first}") and "split_rows" in operators[0], optimized
     assert operators[0].endswith(f"MapBatches({decode})]"), optimized
 
+
+
+def test_decode_actors_run_at_the_lowest_cpu_priority():
+    """A Ray actor of the training ingest's decoder, started as Ray Data starts it, runs its
+    tasks and all its threads at nice 19, below the trainers (Ray's workers start at 15)."""
+    import ray
+
+    from biocap_ray.train.ingest import TrainingRows
+
+    class Probe(TrainingRows):
+        def niceness(self) -> tuple[int, list[int]]:
+            """The nice value of the thread running this task, and of every thread."""
+            threads = [int(open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()[16])
+                       for tid in os.listdir("/proc/self/task")]
+            return os.getpriority(os.PRIO_PROCESS, 0), threads
+
+    @ray.remote(max_calls=1)
+    def task_niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+
+    t = tiny().train
+    probe = ray.remote(Probe).remote(model=t.model, fallback=t.caption_fallback, max_pixels=10**8)
+    try:
+        task, threads = ray.get(probe.niceness.remote())
+    finally:
+        ray.kill(probe)
+    assert task == TrainingRows.NICENESS == 19
+    assert set(threads) == {19}, threads
+    assert ray.get(task_niceness.remote()) < 19  # other workers keep Ray's own priority

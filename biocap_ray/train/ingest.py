@@ -3,6 +3,8 @@ Ray Data actors or tasks (so GPU workers only train), fed to workers with ``iter
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 
@@ -45,14 +47,33 @@ class TrainingRows:
     Importing torch and open_clip and loading the tokenizer costs about 6 CPU-seconds per process
     against about 2 ms per image after it. As plain tasks, whose worker processes Ray recycles
     on a busy node, that start-up was most of the ingest's CPU and came out of training.
+
+    The actor runs at the lowest CPU priority. Where it shares cores with the trainers, it then
+    takes what they leave, rather than preempt one of them and hold up every synchronised DDP
+    step; when the trainers wait for data, their cores are free for it. (Ray starts every worker
+    at nice 15, the trainers too.)
     """
 
+    NICENESS = 19  # the lowest
+
     def __init__(self, **kwargs):
+        lower_priority(self.NICENESS)
         self.kwargs = kwargs
         tools_for(kwargs["model"], True)
 
     def __call__(self, batch: pa.Table) -> dict:
         return training_rows(batch, **self.kwargs)
+
+
+def lower_priority(niceness: int) -> None:
+    """Set this process's nice value: on Linux each thread has its own, so every thread's (those
+    Ray started already too), elsewhere the process's."""
+    threads = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+        except ProcessLookupError:  # a thread that has ended since
+            pass
 
 
 def training_dataset(src: str, cfg, order: list[int] | None = None):
