@@ -57,7 +57,7 @@ class CoreShares:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self):
-        self._base = self._read()
+        self.samples.append((time.time(), self._read()))
         self._thread.start()
         return self
 

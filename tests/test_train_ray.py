@@ -228,7 +228,6 @@ def test_the_ingest_is_one_operator(capsys, tmp_path, fmt, actors, operator, dec
     assert operators[0].endswith(f"MapBatches({decode})]"), optimized
 
 
-
 def test_decode_actors_run_at_the_lowest_cpu_priority():
     """A Ray actor of the training ingest's decoder, started as Ray Data starts it, runs its
     tasks and all its threads at nice 19, below the trainers (Ray's workers start at 15)."""
