@@ -88,6 +88,14 @@ class CoreShares:
         (t0, a), (t1, b) = (min(self.samples, key=lambda s: abs(s[0] - t)) for t in (start, end))
         return {k: (b.get(k, 0.0) - a.get(k, 0.0)) / (t1 - t0) for k in b}
 
+    def processes(self) -> dict[str, int]:
+        """How many processes of each kind were seen, alive or not: every Ray worker process,
+        even idle, costs about 0.005-0.01 of a core (the main thread's periodic wake-ups)."""
+        counts: dict[str, int] = {}
+        for kind, _ in self._last.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
 
 def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float, float, float, dict]:
     """Decode, augment, tokenise and train in one process: (samples/s, data s, compute s, cores
@@ -151,9 +159,9 @@ def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float
     return done / wall, data_s, compute_s, cores
 
 
-def ray_run(folder: Path, cfg, steps: int) -> tuple[float, float, float, dict]:
+def ray_run(folder: Path, cfg, steps: int) -> tuple[float, float, float, dict, dict]:
     """Train with Ray: (samples/s, data s and compute s per worker, cores used by kind), over
-    the timed steps."""
+    the timed steps, and the processes of each kind seen during the run."""
     from biocap_ray.train.run import train
 
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -174,7 +182,7 @@ def ray_run(folder: Path, cfg, steps: int) -> tuple[float, float, float, dict]:
     shutil.rmtree(out)
     # each step's metrics are logged as it ends: the timed steps run from step ``warm``'s log on
     cores = shares.between(rates[warm - 1].timestamp / 1000, rates[-1].timestamp / 1000)
-    return rate, sum(data[warm:]), sum(compute[warm:]), cores
+    return rate, sum(data[warm:]), sum(compute[warm:]), cores, shares.processes()
 
 
 def main() -> None:
@@ -217,6 +225,8 @@ def main() -> None:
     print(f"{'run':<26}" + "".join(f"{k:>18}" for k in kinds))
     for name, rs in runs.items():
         print(f"{name:<26}" + "".join(f"{rs[-1][3].get(k, 0.0):>18.2f}" for k in kinds))
+    seen = runs["ray train (2 workers)"][-1][4]
+    print("processes seen during the Ray run, last round: " + ", ".join(f"{k} {seen.get(k, 0)}" for k in kinds[:4]))
     ratios = [r[0] / p[0] for r, p in zip(*runs.values())]
     print(f"\nratio ray/plain by round: {', '.join(f'{x:.2f}' for x in ratios)}   (data/compute s: the last "
           "round; Ray's are per worker, summed over steps)")
