@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -91,10 +92,7 @@ class CoreShares:
     def processes(self) -> dict[str, int]:
         """How many processes of each kind were seen, alive or not: every Ray worker process,
         even idle, costs about 0.005-0.01 of a core (the main thread's periodic wake-ups)."""
-        counts: dict[str, int] = {}
-        for kind, _ in self._last.values():
-            counts[kind] = counts.get(kind, 0) + 1
-        return counts
+        return Counter(kind for kind, _ in self._last.values())
 
 
 def plain_loop(shards: list[Path], cfg, steps: int, threads: int) -> tuple[float, float, float, dict]:
