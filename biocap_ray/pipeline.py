@@ -108,7 +108,7 @@ def render(summary: dict) -> str:
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
-    levels = ", ".join(f"{k} {v}" for k, v in sorted(summary["context_levels"].items(), key=lambda kv: -kv[1]))
+    levels = ", ".join(f"{k} {v}" for k, v in summary["context_levels"].items())
     return "\n".join([
         "pipeline finished",
         f"  images      {summary['records']} ingested ({summary['ingest_errors']} ingest errors)",

@@ -106,6 +106,8 @@ def test_transformers_engine_captions_every_image_once_and_resumes(dataset, tmp_
     # the tiny random model writes garbage, and QC says so
     assert summary["qc_failures"]["qc_garbled"] > 0
     assert summary["qc_failures"]["qc_garbled"] == sum(bool(r["qc_garbled"]) for r in good)
+    counts = list(summary["context_levels"].items())  # most first, ties by name, the same every run
+    assert counts == sorted(counts, key=lambda kv: (-kv[1], kv[0]))
     assert summary["context_coverage"] == round(sum(v for k, v in summary["context_levels"].items()
                                                     if k != "none") / len(good), 4)
     # the captions page: every good record here (fewer than caption.page_rows), its image inline,

@@ -152,7 +152,7 @@ def _card(sample: dict, row: dict | None) -> str:
 
 def render(samples: list[dict], captions: dict[str, dict], summary: dict) -> str:
     levels = summary.get("context_levels") or {}
-    coverage = ", ".join(f"{k} {v}" for k, v in sorted(levels.items(), key=lambda kv: -kv[1]))
+    coverage = ", ".join(f"{k} {v}" for k, v in levels.items())  # ordered by ``summarize``
     failures = ", ".join(f"{k.removeprefix('qc_')} {v}" for k, v in (summary.get("qc_failures") or {}).items() if v)
     head = (f"<p>{summary.get('captioned', 0)} captions ({summary.get('errors', 0)} errors); "
             f"QC pass rate {100 * (summary.get('qc_pass_rate') or 0):.1f}%"

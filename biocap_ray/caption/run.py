@@ -245,8 +245,10 @@ def summarize(folder: str) -> dict:
     captioned = images - t["error_rows"]
 
     def levels(column: str) -> dict[str, int]:
+        """Captions per level, most first, ties by name: the groupby's order varies run to run."""
         ok = ds.filter(expr=col("error").is_null()).select_columns([column])
-        return {(r[column] or "none"): int(r["count()"]) for r in ok.groupby(column).count().take_all()}
+        counts = [((r[column] or "none"), int(r["count()"])) for r in ok.groupby(column).count().take_all()]
+        return dict(sorted(counts, key=lambda kv: (-kv[1], kv[0])))
 
     errors = ds.filter(expr=col("error").is_not_null()).select_columns(["uid", "error"]).take(5)
     return {
