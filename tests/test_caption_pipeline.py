@@ -144,9 +144,17 @@ def test_the_published_captioners_family_captions_through_transformers(dataset, 
 
 
 def _engine_processes() -> set[int]:
+    """vLLM's engine processes of this test session's Ray (not those of another pytest worker)."""
     import psutil
 
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "VLLM::EngineCore"}
+    found = set()
+    for p in psutil.Process().children(recursive=True):  # Ray's raylet, its workers, their engines
+        try:
+            if p.name() == "VLLM::EngineCore":
+                found.add(p.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def _actor_logs(needle: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
 
 from biocap_ray import storage
 
@@ -25,8 +26,12 @@ def _model_cache() -> str:
 def _publish(tmp: str, local: str) -> None:
     """Mark a finished copy complete and move it into place (the first of racing processes wins)."""
     open(os.path.join(tmp, ".complete"), "w").close()
-    if not os.path.exists(local):
+    try:
         os.replace(tmp, local)
+    except OSError:  # another process published first: its copy is as good
+        if not os.path.exists(os.path.join(local, ".complete")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model(model: str) -> str:
