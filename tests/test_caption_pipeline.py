@@ -144,7 +144,7 @@ def test_the_published_captioners_family_captions_through_transformers(dataset, 
 
 
 def _engine_processes() -> set[int]:
-    """vLLM's engine processes of this test session's Ray (not those of another pytest worker)."""
+    """vLLM's engine processes under this test session's Ray (not those of another Ray on this machine)."""
     import psutil
 
     found = set()

@@ -28,6 +28,7 @@ from biocap_ray.config import CaptionConfig, Config
 from biocap_ray.context.lookup import ContextLookup
 from biocap_ray.context.table import read_context
 from biocap_ray.data import readers, uid_set
+from biocap_ray.data.ops import value_counts
 from biocap_ray.data.taxonomy import read_taxon_list
 from biocap_ray.runtime import interactive
 
@@ -245,10 +246,7 @@ def summarize(folder: str) -> dict:
     captioned = images - t["error_rows"]
 
     def levels(column: str) -> dict[str, int]:
-        """Captions per level, most first, ties by name: the groupby's order varies run to run."""
-        ok = ds.filter(expr=col("error").is_null()).select_columns([column])
-        counts = [((r[column] or "none"), int(r["count()"])) for r in ok.groupby(column).count().take_all()]
-        return dict(sorted(counts, key=lambda kv: (-kv[1], kv[0])))
+        return value_counts(ds.filter(expr=col("error").is_null()).select_columns([column]), column)
 
     errors = ds.filter(expr=col("error").is_not_null()).select_columns(["uid", "error"]).take(5)
     return {

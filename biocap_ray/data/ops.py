@@ -143,8 +143,9 @@ def _reason(batch: pa.Table) -> pa.Table:
     return errors.select(["uid", "origin", "error"]).append_column("reason", pa.array(reasons, pa.string()))
 
 
-def _counts(ds, column: str, parts: int = 8) -> dict[str, int]:
-    """Rows per value of ``column``, most frequent first (a Ray Data group-by: one row per value)."""
+def value_counts(ds, column: str, parts: int = 8) -> dict[str, int]:
+    """Rows per value of ``column`` (null as "none"), most frequent first, ties by value: a Ray Data
+    group-by, one row per value, whose order varies from run to run."""
     rows = ds.groupby(column, num_partitions=parts).count().take_all()
     return dict(sorted(((r[column] or "none", int(r["count()"])) for r in rows), key=lambda kv: (-kv[1], kv[0])))
 
@@ -171,7 +172,7 @@ def inspect(src: str, cfg: DataConfig, src_format: str | None = None, examples: 
     s.ranks_present = {r: totals[f"rank_{r}"] for r in RANKS}
     if s.errors:
         errors = facts.map_batches(_reason, batch_format="pyarrow")
-        s.error_reasons = _counts(errors, "reason")
+        s.error_reasons = value_counts(errors, "reason")
         s.error_examples = [{k: r[k] for k in ("uid", "origin", "error")} for r in errors.take(examples)]
     dups = facts.select_columns(["uid"]).groupby("uid", num_partitions=8).count().filter(expr=col("count()") > 1)
     dups = dups.materialize()
@@ -179,10 +180,10 @@ def inspect(src: str, cfg: DataConfig, src_format: str | None = None, examples: 
     s.duplicate_examples = sorted(r["uid"] for r in dups.take(examples))
     if s.ok:
         good = facts.filter(expr=col("error").is_null())
-        labels = _counts(good, "label_rank")
+        labels = value_counts(good, "label_rank")
         s.label_ranks = {r: labels[r] for r in (*RANKS, "none") if labels.get(r)}
-        s.classes = _counts(good, "class")
-        s.image_modes = _counts(good, "mode")
+        s.classes = value_counts(good, "class")
+        s.image_modes = value_counts(good, "mode")
         size = good.aggregate(*(agg(c) for c in ("width", "height") for agg in (Min, Mean, Max)))
         s.width, s.height = ({k: round(size[f"{k}({c})"], 1) for k in ("min", "mean", "max")} for c in ("width", "height"))
     return s
